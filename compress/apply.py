@@ -1,0 +1,69 @@
+"""Replay a recipe on a pipeline (`apply_recipe`) or its recorded metadata exactly (`restore`)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from compress.context import RunContext
+from compress.errors import FingerprintMismatch, RecipeError, RestoreMismatch
+from compress.models.fingerprint import fingerprint
+from compress.recipe import Recipe, Record, library_versions
+from compress.transforms.base import spec_of
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
+
+
+def check_fingerprint(pipe: DiffusionPipeline, recipe: Recipe) -> None:
+    """Raise, listing every differing field, if the recipe was made for another architecture."""
+    if recipe.base is None:
+        return
+    diffs = recipe.base.differences(fingerprint(pipe))
+    if diffs:
+        raise FingerprintMismatch(
+            f"recipe {recipe.name!r} was made for another architecture; differing fields:\n  "
+            + "\n  ".join(diffs)
+        )
+
+
+def apply_recipe(
+    pipe: DiffusionPipeline, recipe: Recipe, ctx: RunContext | None = None
+) -> Recipe:
+    """Run each transform on `pipe` in place; return the recipe with fresh records and base.
+
+    Data-dependent choices (channel importance, calibration) are recomputed on these weights.
+    """
+    ctx = ctx or RunContext()
+    check_fingerprint(pipe, recipe)
+    base = fingerprint(pipe)
+    records = [Record(kind=cfg.kind, metadata=spec_of(cfg).apply(pipe, cfg, ctx))
+               for cfg in recipe.transforms]
+    provenance = recipe.provenance.model_copy(update={"versions": library_versions()})
+    return recipe.model_copy(update={"base": base, "records": records, "provenance": provenance})
+
+
+def restore(pipe: DiffusionPipeline, recipe: Recipe, *, only_replayed: bool = False) -> None:
+    """Replay the recorded metadata exactly; raise where the model does not match it.
+
+    With `only_replayed`, only transforms whose effect is not saved in diffusers configs run
+    (used when loading an artifact whose folder already holds the transformed structure).
+    """
+    if len(recipe.records) != len(recipe.transforms):
+        raise RecipeError(
+            f"recipe {recipe.name!r} has no recorded metadata for its transforms; "
+            "use apply (which computes it) instead of restore"
+        )
+    for cfg, record in zip(recipe.transforms, recipe.records, strict=True):
+        spec = spec_of(cfg)
+        if only_replayed and spec.native and not spec.replay_on_load:
+            continue
+        if spec.restore is not None:
+            spec.restore(pipe, cfg, record.metadata)
+            continue
+        got = spec.apply(pipe, cfg, RunContext())
+        if got != record.metadata:
+            keys = sorted(k for k in {*got, *record.metadata} if got.get(k) != record.metadata.get(k))
+            raise RestoreMismatch(
+                f"{cfg.kind}: replay gives metadata that differs from the recipe in {keys}; "
+                "the model is not the one this recipe was recorded on"
+            )

@@ -1,0 +1,154 @@
+"""The `compress` command line (typer): heavy libraries load only inside commands."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from compress import __version__
+
+app = typer.Typer(
+    name="compress",
+    help="Compress text-to-image diffusion models: search, apply and review recipes.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+recipe_app = typer.Typer(help="Validate and inspect recipe files.", no_args_is_help=True)
+app.add_typer(recipe_app, name="recipe")
+
+console = Console()
+err_console = Console(stderr=True, soft_wrap=True)
+_state = {"verbose": False}
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"compress {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Show library output and full tracebacks.")
+    ] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    _state["verbose"] = verbose
+    from compress._quiet import silence
+
+    silence(verbose)
+
+
+def heavy() -> None:
+    """Import torch/diffusers quietly before a command needs them."""
+    from compress._quiet import import_heavy
+
+    import_heavy(_state["verbose"])
+
+
+@app.command()
+def apply(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML to apply.")],
+    model: Annotated[str, typer.Option(help="Hub id, local pipeline folder, or 'miniature'.")],
+    out: Annotated[Path, typer.Option(help="Folder to write the compressed pipeline to.")],
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ...")] = "cpu",
+    dtype: Annotated[str | None, typer.Option(help="float32, float16 or bfloat16.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --out folder.")] = False,
+) -> None:
+    """Apply RECIPE to a checkpoint and save the result as a loadable folder."""
+    from compress.recipe import load_recipe
+
+    parsed = load_recipe(recipe)  # fail on a bad recipe before loading any model
+    heavy()
+    from compress.apply import apply_recipe
+    from compress.models.artifact import save_artifact
+    from compress.models.loading import load_pipeline
+
+    with console.status(f"loading {model}"):
+        pipe = load_pipeline(model, device=device, dtype=dtype)
+    with console.status(f"applying {parsed.name} ({len(parsed.transforms)} transforms)"):
+        applied = apply_recipe(pipe, parsed)
+        applied.provenance = applied.provenance.model_copy(update={"source_model": model})
+    with console.status(f"saving to {out}"):
+        save_artifact(pipe, applied, out, overwrite=overwrite)
+    console.print(f"[green]wrote[/green] {out}")
+    loader = "DiffusionPipeline.from_pretrained" if applied.native else "compress.load"
+    console.print(f"load it with {loader}({str(out)!r})")
+    sampler = applied.find("sampler")
+    if sampler is not None:
+        console.print(
+            f"sample with num_inference_steps={sampler.steps}, "
+            f"guidance_scale={sampler.guidance_scale} (compress.load sets these as defaults)"
+        )
+
+
+@recipe_app.command("validate")
+def recipe_validate(file: Annotated[Path, typer.Argument(help="Recipe YAML.")]) -> None:
+    """Check a recipe: schema, known transform kinds, field types, stage order."""
+    from compress.recipe import load_recipe
+
+    r = load_recipe(file)
+    console.print(f"[green]valid[/green] {file}: {r.name} ({len(r.transforms)} transforms)")
+
+
+@recipe_app.command("show")
+def recipe_show(file: Annotated[Path, typer.Argument(help="Recipe YAML.")]) -> None:
+    """Print a recipe's transforms, scores and provenance."""
+    from rich.table import Table
+
+    from compress.recipe import load_recipe
+    from compress.transforms.base import spec_of
+
+    r = load_recipe(file)
+    console.print(f"[bold]{r.name}[/bold]  schema v{r.schema_version}  {r.description}")
+    base = "any architecture" if r.base is None else f"{r.base.denoiser} {r.base.block_out_channels}"
+    console.print(f"applies to: {base}")
+    table = Table("#", "kind", "stage", "parameters")
+    for i, t in enumerate(r.transforms):
+        params = ", ".join(f"{k}={v}" for k, v in t.model_dump(exclude={"kind"}).items())
+        table.add_row(str(i), t.kind, spec_of(t).stage.name, params)
+    console.print(table)
+    if r.scores is not None:
+        s = r.scores
+        console.print(
+            f"scores: latency {s.latency_ms} ms, quality {s.quality} ({s.quality_metric} "
+            f"v{s.quality_metric_version}) {s.settings}"
+        )
+    p = r.provenance
+    console.print(f"provenance: created {p.created}, run {p.run_id}, trial {p.trial_id}, {p.versions}")
+
+
+def main() -> None:
+    """Entry point: user errors print one line (full traceback with --verbose)."""
+    from compress.errors import CompressError
+
+    try:
+        app(standalone_mode=False)
+    except CompressError as exc:
+        _fail(str(exc), exc)
+    except (typer.Exit, SystemExit) as exc:
+        sys.exit(getattr(exc, "exit_code", getattr(exc, "code", 0)))
+    except typer.Abort:
+        _fail("aborted", None)
+    except Exception as exc:  # noqa: BLE001 - anything else still gets one clear line
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        _fail(f"{type(exc).__name__}: {exc}", exc)
+
+
+def _fail(message: str, exc: BaseException | None) -> None:
+    if _state["verbose"] and exc is not None:
+        err_console.print_exception()
+    err_console.print(f"[red]error:[/red] {message}", highlight=False)
+    sys.exit(1)

@@ -1,0 +1,1 @@
+"""Model loading, fingerprints and artifacts."""

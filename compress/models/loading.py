@@ -1,0 +1,78 @@
+"""Load diffusers pipelines from a hub id, a local folder, or the built-in name `miniature`."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from compress.errors import CompressError
+
+if TYPE_CHECKING:
+    import torch
+    from diffusers import DiffusionPipeline
+
+BUILTIN = ("miniature",)
+SUPPORTED = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
+_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+_DTYPES = ("float32", "float16", "bfloat16")
+
+
+def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    """`"float16"` -> torch.float16; None stays None (the checkpoint's own dtype)."""
+    import torch
+
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in _DTYPES:
+        raise CompressError(f"dtype {dtype!r} is not supported; use one of {', '.join(_DTYPES)}")
+    return getattr(torch, dtype)
+
+
+def resolve(model: str) -> str:
+    """Turn a model argument into a local folder or hub id, or raise naming the accepted forms."""
+    if model in BUILTIN:
+        from compress.models.miniature import weights_dir
+
+        return str(weights_dir())
+    path = Path(model).expanduser()
+    if path.is_dir():
+        if not (path / "model_index.json").is_file():
+            raise CompressError(
+                f"{model} is a folder but has no model_index.json; pass a folder written by "
+                "DiffusionPipeline.save_pretrained (or `compress apply`)"
+            )
+        return str(path)
+    if path.exists() or model.startswith((".", "/", "~")) or not _HUB_ID.match(model):
+        raise CompressError(
+            f"model {model!r} not found: give a local pipeline folder, a hub id like "
+            f"'org/name', or one of the built-in names: {', '.join(BUILTIN)}"
+        )
+    return model
+
+
+def load_pipeline(
+    model: str, *, device: str = "cpu", dtype: str | torch.dtype | None = None, **kwargs: Any
+) -> DiffusionPipeline:
+    """Load a Stable Diffusion (1.x/2.x) or SDXL pipeline, ready on `device`."""
+    from diffusers import DiffusionPipeline
+
+    source = resolve(model)
+    local = Path(source).is_dir()
+    try:
+        pipe = DiffusionPipeline.from_pretrained(
+            source, torch_dtype=parse_dtype(dtype), local_files_only=local, **kwargs
+        )
+    except (OSError, ValueError) as exc:
+        hint = (
+            "check that the folder is complete (configs and safetensors weights)"
+            if local
+            else f"download it first (`hf download {source} --local-dir DIR`) and pass --model DIR"
+        )
+        raise CompressError(f"could not load {model!r}: {exc}; {hint}") from exc
+    if type(pipe).__name__ not in SUPPORTED or getattr(pipe, "unet", None) is None:
+        raise CompressError(
+            f"{model!r} is a {type(pipe).__name__}; supported pipelines: {', '.join(SUPPORTED)}"
+        )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)

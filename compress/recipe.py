@@ -1,0 +1,175 @@
+"""Recipe: the ordered transforms, what they recorded, scores and provenance; YAML I/O."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator
+from pydantic import model_validator as _model_validator
+
+from compress.errors import RecipeError
+from compress.models.fingerprint import Fingerprint
+from compress.transforms.base import Metadata, Stage, TransformConfig, config_adapter, registry
+
+SCHEMA_VERSION = 1
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Record(_Strict):
+    """What one transform recorded when it ran (removed blocks, kept channels, seeds, ...)."""
+
+    kind: str
+    metadata: Metadata = Field(default_factory=dict)
+
+
+class Scores(_Strict):
+    """Measured objectives and the settings they were measured under."""
+
+    latency_ms: float | None = None
+    latency_spread_ms: float | None = None
+    peak_memory_mb: float | None = None
+    quality: float | None = None
+    quality_metric: str | None = None  # a metric's own name, e.g. "miniature-judge", "hpsv2.1"
+    quality_metric_version: str | None = None
+    quality_parts: dict[str, float] = Field(default_factory=dict)
+    settings: dict[str, Any] = Field(default_factory=dict)  # device, dtype, resolution, steps...
+    flags: list[str] = Field(default_factory=list)  # e.g. "quantized-but-not-faster"
+
+
+class Provenance(_Strict):
+    created: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    source_model: str | None = None
+    run_id: str | None = None
+    trial_id: str | None = None
+    versions: dict[str, str] = Field(default_factory=dict)
+
+
+class Recipe(_Strict):
+    """An ordered, reusable compression: transforms (structure -> training -> numeric -> runtime)."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    name: str = Field(min_length=1)
+    description: str = ""
+    base: Fingerprint | None = None  # None: applies to any architecture
+    transforms: list[SerializeAsAny[TransformConfig]] = Field(min_length=1)
+    records: list[Record] = Field(default_factory=list)
+    scores: Scores | None = None
+    provenance: Provenance = Field(default_factory=Provenance)
+
+    @field_validator("transforms", mode="before")
+    @classmethod
+    def _configs(cls, value: Any) -> Any:
+        return config_adapter().validate_python(value)
+
+    @_model_validator(mode="after")
+    def _order_and_records(self) -> Recipe:
+        specs = registry()
+        stages = [specs[t.kind].stage for t in self.transforms]
+        for i in range(1, len(stages)):
+            if stages[i] < stages[i - 1]:
+                order = " -> ".join(s.name for s in Stage)
+                raise ValueError(
+                    f"transform {i} ({self.transforms[i].kind}, stage {stages[i].name}) comes "
+                    f"after {self.transforms[i - 1].kind} (stage {stages[i - 1].name}); "
+                    f"transforms must be ordered {order}"
+                )
+        if self.records and [r.kind for r in self.records] != [t.kind for t in self.transforms]:
+            raise ValueError("records must name the same kinds, in the same order, as transforms")
+        return self
+
+    @property
+    def native(self) -> bool:
+        """True when every transform's result is expressible in standard diffusers configs."""
+        specs = registry()
+        return all(specs[t.kind].native for t in self.transforms)
+
+    def find(self, kind: str) -> TransformConfig | None:
+        return next((t for t in self.transforms if t.kind == kind), None)
+
+    def to_yaml(self) -> str:
+        data = self.model_dump(mode="json", exclude_none=True)
+        return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+
+
+def _where(loc: tuple[Any, ...], data: Any) -> str:
+    """Field path like `transforms[0].steps`, dropping pydantic's discriminator tags."""
+    parts: list[str] = []
+    for i, key in enumerate(loc):
+        if isinstance(key, int):
+            parts.append(f"[{key}]")
+        elif i > 0 and isinstance(loc[i - 1], int) and key in registry():
+            continue  # the union tag pydantic inserts after a list index
+        else:
+            parts.append(("." if parts else "") + str(key))
+    return "".join(parts) or "recipe"
+
+
+def explain(exc: ValidationError, source: str) -> RecipeError:
+    """One readable line per problem: field path, the value given, what is allowed."""
+    lines = []
+    for err in exc.errors():
+        given = err.get("input")
+        msg = err["msg"].removeprefix("Value error, ")
+        shown = "" if isinstance(given, dict) else f" (got {given!r})"
+        lines.append(f"  {_where(tuple(err['loc']), given)}: {msg}{shown}")
+    return RecipeError(f"invalid recipe {source}:\n" + "\n".join(lines))
+
+
+def parse_recipe(data: Any, source: str = "<data>") -> Recipe:
+    if not isinstance(data, dict):
+        raise RecipeError(f"invalid recipe {source}: expected a mapping at the top level")
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise explain(exc, source) from None
+
+
+def load_recipe(path: str | os.PathLike[str]) -> Recipe:
+    """Read a recipe YAML with `safe_load` only: no tag can construct objects or run code."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"recipe file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{path} is not a valid recipe YAML (only plain YAML is accepted): "
+                          f"{str(exc).splitlines()[0]}") from None
+    return parse_recipe(data, str(path))
+
+
+def write_atomic(path: str | os.PathLike[str], text: str) -> None:
+    """Write to a temporary name beside `path`, then rename: never a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_recipe(recipe: Recipe, path: str | os.PathLike[str]) -> None:
+    write_atomic(path, recipe.to_yaml())
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("compress", "torch", "diffusers", "transformers", "accelerate"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            continue
+    return out

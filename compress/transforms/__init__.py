@@ -1,0 +1,13 @@
+"""Built-in transforms; importing this package registers every one of them."""
+
+from compress.transforms import sampler  # noqa: F401
+from compress.transforms.base import (
+    Metadata,
+    Stage,
+    TransformConfig,
+    TransformSpec,
+    register_transform,
+    registry,
+)
+
+__all__ = ["Metadata", "Stage", "TransformConfig", "TransformSpec", "register_transform", "registry"]

@@ -1,0 +1,108 @@
+"""Transform configs and the registry that maps each config class to its apply function."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar, Union
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
+
+    from compress.context import RunContext
+
+Metadata = dict[str, Any]
+
+
+class Stage(IntEnum):
+    """Transforms run in this order: change structure, train, change numerics, set up the runtime."""
+
+    structure = 0
+    training = 1
+    numeric = 2
+    runtime = 3
+
+
+class TransformConfig(BaseModel):
+    """Plain data naming one transform and its parameters; subclasses fix `kind` as a Literal."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: str
+
+
+C = TypeVar("C", bound=TransformConfig)
+ApplyFn = Callable[["DiffusionPipeline", Any, "RunContext"], Metadata]
+RestoreFn = Callable[["DiffusionPipeline", Any, Metadata], None]
+
+
+@dataclass(frozen=True)
+class TransformSpec:
+    kind: str
+    config: type[TransformConfig]
+    stage: Stage
+    apply: ApplyFn
+    # Replays recorded metadata exactly; None: re-run apply and require identical metadata.
+    restore: RestoreFn | None
+    # True when the transformed pipeline saves into standard diffusers configs and weights.
+    native: bool
+    # True when part of the effect lives outside saved configs (e.g. call defaults), so loading
+    # an artifact replays `restore` on top of the saved folder.
+    replay_on_load: bool
+
+
+_REGISTRY: dict[str, TransformSpec] = {}
+_ADAPTER: TypeAdapter | None = None
+
+
+def register_transform(
+    config: type[C],
+    *,
+    stage: Stage,
+    native: bool = True,
+    replay_on_load: bool = False,
+    restore: RestoreFn | None = None,
+) -> Callable[[ApplyFn], ApplyFn]:
+    """Register `apply(pipe, cfg, ctx) -> Metadata` for `config` at `stage`."""
+    kind_field = config.model_fields.get("kind")
+    kind = kind_field.default if kind_field is not None else None
+    if not isinstance(kind, str):
+        raise TypeError(f"{config.__name__}.kind needs a Literal default naming the transform")
+
+    def decorator(fn: ApplyFn) -> ApplyFn:
+        global _ADAPTER
+        if kind in _REGISTRY and _REGISTRY[kind].config is not config:
+            raise ValueError(f"transform kind {kind!r} is registered twice")
+        _REGISTRY[kind] = TransformSpec(kind, config, stage, fn, restore, native, replay_on_load)
+        _ADAPTER = None
+        return fn
+
+    return decorator
+
+
+def registry() -> dict[str, TransformSpec]:
+    """Every registered transform by kind (importing the built-in ones first)."""
+    import compress.transforms  # noqa: F401  (registers the built-ins)
+
+    return dict(_REGISTRY)
+
+
+def spec_of(cfg: TransformConfig) -> TransformSpec:
+    return registry()[cfg.kind]
+
+
+def config_adapter() -> TypeAdapter:
+    """Validator for a list of transform configs, discriminated by `kind`."""
+    global _ADAPTER
+    specs = registry()
+    if _ADAPTER is None:
+        configs = tuple(s.config for s in specs.values())
+        if len(configs) == 1:  # a discriminator needs a union; one class validates `kind` itself
+            _ADAPTER = TypeAdapter(list[configs[0]])
+        else:
+            union = Union[configs]  # noqa: UP007
+            _ADAPTER = TypeAdapter(list[Annotated[union, Field(discriminator="kind")]])
+    return _ADAPTER
