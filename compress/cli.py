@@ -126,6 +126,13 @@ def recipe_show(file: Annotated[Path, typer.Argument(help="Recipe YAML.")]) -> N
     console.print(f"provenance: created {p.created}, run {p.run_id}, trial {p.trial_id}, {p.versions}")
 
 
+# --- evaluation commands (bench, eval) ---
+
+# --- search commands (search, report) ---
+
+# --- compression analysis commands (sensitivity, ...) ---
+
+
 def main() -> None:
     """Entry point: user errors print one line (full traceback with --verbose)."""
     from compress.errors import CompressError

@@ -9,6 +9,9 @@ from compress.models.tokenizer import build_word_tokenizer
 if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
+# Stable Diffusion's training noise schedule.
+SD_SCHEDULE = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
+               "steps_offset": 1}
 WORDS = "a an the red green blue digit zero one two three four five six seven eight nine on".split()
 
 
@@ -57,7 +60,7 @@ def build_tiny_pipeline(seed: int = 0) -> StableDiffusionPipeline:
     )
     pipe = StableDiffusionPipeline(
         vae=_vae(), text_encoder=_text(32, len(tok)), tokenizer=tok, unet=unet,
-        scheduler=DPMSolverMultistepScheduler(), safety_checker=None, feature_extractor=None,
+        scheduler=DPMSolverMultistepScheduler(**SD_SCHEDULE), safety_checker=None, feature_extractor=None,
         requires_safety_checker=False,
     )
     pipe.set_progress_bar_config(disable=True)
@@ -89,7 +92,7 @@ def build_tiny_sdxl_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
     pipe = StableDiffusionXLPipeline(
         vae=_vae(), text_encoder=_text(32, len(tok)), tokenizer=tok,
         text_encoder_2=_text(32, len(tok), projection=True), tokenizer_2=tok, unet=unet,
-        scheduler=EulerDiscreteScheduler(), force_zeros_for_empty_prompt=True,
+        scheduler=EulerDiscreteScheduler(**SD_SCHEDULE), force_zeros_for_empty_prompt=True,
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe

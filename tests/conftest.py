@@ -1,0 +1,49 @@
+"""Shared fixtures: tiny pipelines built in code, saved with save_pretrained (no downloads)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from compress._quiet import import_heavy
+
+import_heavy()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def tiny_pipe():
+    """A fresh SD1.x-shaped random pipeline (UNet channels 32/64, two layers per block)."""
+    from compress.models.tiny import build_tiny_pipeline
+
+    return build_tiny_pipeline()
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny pipeline saved with save_pretrained: a local checkpoint folder."""
+    from compress.models.tiny import build_tiny_pipeline
+
+    path = tmp_path_factory.mktemp("tiny") / "pipe"
+    build_tiny_pipeline().save_pretrained(path, safe_serialization=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from compress.models.tiny import build_tiny_sdxl_pipeline
+
+    path = tmp_path_factory.mktemp("tiny_sdxl") / "pipe"
+    build_tiny_sdxl_pipeline().save_pretrained(path, safe_serialization=True)
+    return path
