@@ -26,9 +26,7 @@ def check_fingerprint(pipe: DiffusionPipeline, recipe: Recipe) -> None:
         )
 
 
-def apply_recipe(
-    pipe: DiffusionPipeline, recipe: Recipe, ctx: RunContext | None = None
-) -> Recipe:
+def apply_recipe(pipe: DiffusionPipeline, recipe: Recipe, ctx: RunContext | None = None) -> Recipe:
     """Run each transform on `pipe` in place; return the recipe with fresh records and base.
 
     Data-dependent choices (channel importance, calibration) are recomputed on these weights.
@@ -36,8 +34,10 @@ def apply_recipe(
     ctx = ctx or RunContext()
     check_fingerprint(pipe, recipe)
     base = fingerprint(pipe)
-    records = [Record(kind=cfg.kind, metadata=spec_of(cfg).apply(pipe, cfg, ctx))
-               for cfg in recipe.transforms]
+    records = [
+        Record(kind=cfg.kind, metadata=spec_of(cfg).apply(pipe, cfg, ctx))
+        for cfg in recipe.transforms
+    ]
     provenance = recipe.provenance.model_copy(update={"versions": library_versions()})
     return recipe.model_copy(update={"base": base, "records": records, "provenance": provenance})
 
@@ -62,7 +62,9 @@ def restore(pipe: DiffusionPipeline, recipe: Recipe, *, only_replayed: bool = Fa
             continue
         got = spec.apply(pipe, cfg, RunContext())
         if got != record.metadata:
-            keys = sorted(k for k in {*got, *record.metadata} if got.get(k) != record.metadata.get(k))
+            keys = sorted(
+                k for k in {*got, *record.metadata} if got.get(k) != record.metadata.get(k)
+            )
             raise RestoreMismatch(
                 f"{cfg.kind}: replay gives metadata that differs from the recipe in {keys}; "
                 "the model is not the one this recipe was recorded on"

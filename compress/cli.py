@@ -64,9 +64,11 @@ def apply(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing --out folder.")] = False,
 ) -> None:
     """Apply RECIPE to a checkpoint and save the result as a loadable folder."""
+    from compress.models.loading import resolve
     from compress.recipe import load_recipe
 
-    parsed = load_recipe(recipe)  # fail on a bad recipe before loading any model
+    parsed = load_recipe(recipe)  # fail on bad input before the slow imports
+    resolve(model)
     heavy()
     from compress.apply import apply_recipe
     from compress.models.artifact import save_artifact
@@ -109,7 +111,9 @@ def recipe_show(file: Annotated[Path, typer.Argument(help="Recipe YAML.")]) -> N
 
     r = load_recipe(file)
     console.print(f"[bold]{r.name}[/bold]  schema v{r.schema_version}  {r.description}")
-    base = "any architecture" if r.base is None else f"{r.base.denoiser} {r.base.block_out_channels}"
+    base = (
+        "any architecture" if r.base is None else f"{r.base.denoiser} {r.base.block_out_channels}"
+    )
     console.print(f"applies to: {base}")
     table = Table("#", "kind", "stage", "parameters")
     for i, t in enumerate(r.transforms):
@@ -123,7 +127,9 @@ def recipe_show(file: Annotated[Path, typer.Argument(help="Recipe YAML.")]) -> N
             f"v{s.quality_metric_version}) {s.settings}"
         )
     p = r.provenance
-    console.print(f"provenance: created {p.created}, run {p.run_id}, trial {p.trial_id}, {p.versions}")
+    console.print(
+        f"provenance: created {p.created}, run {p.run_id}, trial {p.trial_id}, {p.versions}"
+    )
 
 
 # --- evaluation commands (bench, eval) ---

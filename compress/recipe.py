@@ -53,7 +53,7 @@ class Provenance(_Strict):
 
 
 class Recipe(_Strict):
-    """An ordered, reusable compression: transforms (structure -> training -> numeric -> runtime)."""
+    """An ordered, reusable compression: structure -> training -> numeric -> runtime transforms."""
 
     schema_version: Literal[1] = SCHEMA_VERSION
     name: str = Field(min_length=1)
@@ -140,8 +140,10 @@ def load_recipe(path: str | os.PathLike[str]) -> Recipe:
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise RecipeError(f"{path} is not a valid recipe YAML (only plain YAML is accepted): "
-                          f"{str(exc).splitlines()[0]}") from None
+        raise RecipeError(
+            f"{path} is not a valid recipe YAML (only plain YAML is accepted): "
+            f"{str(exc).splitlines()[0]}"
+        ) from None
     return parse_recipe(data, str(path))
 
 

@@ -24,7 +24,9 @@ def save_artifact(
     """Save pipeline weights (safetensors) and the applied recipe; rename into place at the end."""
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
-        raise CompressError(f"{out} already exists and is not empty; pass --overwrite or a new --out")
+        raise CompressError(
+            f"{out} already exists and is not empty; pass --overwrite or a new --out"
+        )
     if not recipe.native:
         kinds = [t.kind for t in recipe.transforms]
         raise CompressError(f"saving transforms {kinds} outside diffusers formats is not supported")

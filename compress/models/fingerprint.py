@@ -33,18 +33,18 @@ class Fingerprint(BaseModel):
     denoiser: str
     in_channels: int
     out_channels: int
-    sample_size: int | list[int] | None
+    sample_size: int | list[int] | None = None
     down_block_types: list[str]
-    mid_block_type: str | None
+    mid_block_type: str | None = None
     up_block_types: list[str]
     block_out_channels: list[int]
     layers_per_block: int | list[int]
     transformer_layers_per_block: int | list[int] | list[list[int]]
-    attention_head_dim: int | list[int] | None
-    num_attention_heads: int | list[int] | None
-    cross_attention_dim: int | list[int] | None
-    time_cond_proj_dim: int | None
-    addition_embed_type: str | None
+    attention_head_dim: int | list[int] | None = None
+    num_attention_heads: int | list[int] | None = None
+    cross_attention_dim: int | list[int] | None = None
+    time_cond_proj_dim: int | None = None
+    addition_embed_type: str | None = None
     prediction_type: str
 
     def differences(self, other: Fingerprint) -> list[str]:

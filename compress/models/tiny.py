@@ -10,8 +10,12 @@ if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
 # Stable Diffusion's training noise schedule.
-SD_SCHEDULE = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
-               "steps_offset": 1}
+SD_SCHEDULE = {
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "steps_offset": 1,
+}
 WORDS = "a an the red green blue digit zero one two three four five six seven eight nine on".split()
 
 
@@ -34,9 +38,16 @@ def _text(hidden: int, vocab: int, projection: bool = False):
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     cfg = CLIPTextConfig(
-        hidden_size=hidden, intermediate_size=2 * hidden, num_attention_heads=4,
-        num_hidden_layers=2, vocab_size=vocab, max_position_embeddings=16,
-        projection_dim=hidden, bos_token_id=vocab - 2, eos_token_id=vocab - 1, pad_token_id=vocab - 1,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        vocab_size=vocab,
+        max_position_embeddings=16,
+        projection_dim=hidden,
+        bos_token_id=vocab - 2,
+        eos_token_id=vocab - 1,
+        pad_token_id=vocab - 1,
     )
     return CLIPTextModelWithProjection(cfg) if projection else CLIPTextModel(cfg)
 
@@ -59,8 +70,13 @@ def build_tiny_pipeline(seed: int = 0) -> StableDiffusionPipeline:
         norm_num_groups=16,
     )
     pipe = StableDiffusionPipeline(
-        vae=_vae(), text_encoder=_text(32, len(tok)), tokenizer=tok, unet=unet,
-        scheduler=DPMSolverMultistepScheduler(**SD_SCHEDULE), safety_checker=None, feature_extractor=None,
+        vae=_vae(),
+        text_encoder=_text(32, len(tok)),
+        tokenizer=tok,
+        unet=unet,
+        scheduler=DPMSolverMultistepScheduler(**SD_SCHEDULE),
+        safety_checker=None,
+        feature_extractor=None,
         requires_safety_checker=False,
     )
     pipe.set_progress_bar_config(disable=True)
@@ -90,9 +106,14 @@ def build_tiny_sdxl_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
         norm_num_groups=16,
     )
     pipe = StableDiffusionXLPipeline(
-        vae=_vae(), text_encoder=_text(32, len(tok)), tokenizer=tok,
-        text_encoder_2=_text(32, len(tok), projection=True), tokenizer_2=tok, unet=unet,
-        scheduler=EulerDiscreteScheduler(**SD_SCHEDULE), force_zeros_for_empty_prompt=True,
+        vae=_vae(),
+        text_encoder=_text(32, len(tok)),
+        tokenizer=tok,
+        text_encoder_2=_text(32, len(tok), projection=True),
+        tokenizer_2=tok,
+        unet=unet,
+        scheduler=EulerDiscreteScheduler(**SD_SCHEDULE),
+        force_zeros_for_empty_prompt=True,
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe

@@ -31,8 +31,7 @@ def build_word_tokenizer(words: Iterable[str], max_length: int = 16) -> CLIPToke
         raise ValueError(f"words must be lowercase letters or digits only, got {bad}")
 
     def make() -> CLIPTokenizer:
-        return CLIPTokenizer(vocab=dict(vocab), merges=list(merges),
-                             model_max_length=max_length)
+        return CLIPTokenizer(vocab=dict(vocab), merges=list(merges), model_max_length=max_length)
 
     for word in words:
         pieces = make().tokenize(word)

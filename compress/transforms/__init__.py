@@ -10,4 +10,11 @@ from compress.transforms.base import (
     registry,
 )
 
-__all__ = ["Metadata", "Stage", "TransformConfig", "TransformSpec", "register_transform", "registry"]
+__all__ = [
+    "Metadata",
+    "Stage",
+    "TransformConfig",
+    "TransformSpec",
+    "register_transform",
+    "registry",
+]

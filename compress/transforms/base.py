@@ -18,7 +18,7 @@ Metadata = dict[str, Any]
 
 
 class Stage(IntEnum):
-    """Transforms run in this order: change structure, train, change numerics, set up the runtime."""
+    """Transforms run in this order: change structure, train, change numerics, set the runtime."""
 
     structure = 0
     training = 1

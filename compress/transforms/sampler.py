@@ -28,8 +28,16 @@ SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
     "lcm": ("LCMScheduler", {}),
 }
 SchedulerName = Literal[
-    "dpmsolver++", "dpmsolver", "dpmsolver-sde", "unipc", "ddim", "pndm", "euler",
-    "euler-ancestral", "heun", "lcm",
+    "dpmsolver++",
+    "dpmsolver",
+    "dpmsolver-sde",
+    "unipc",
+    "ddim",
+    "pndm",
+    "euler",
+    "euler-ancestral",
+    "heun",
+    "lcm",
 ]
 
 

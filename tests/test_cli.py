@@ -1,0 +1,87 @@
+"""The `compress` command: exit codes, one-line errors, the apply round trip."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+PRESET = Path("recipes/dpmsolver-fast.yaml")
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "200"}
+    return subprocess.run(
+        [sys.executable, "-m", "compress", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+
+
+def test_version() -> None:
+    out = cli("--version")
+    assert out.returncode == 0 and out.stdout.startswith("compress ")
+
+
+def test_validate_ok_and_bad(tmp_path: Path) -> None:
+    assert cli("recipe", "validate", str(PRESET)).returncode == 0
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\ntransforms:\n  - kind: sampler\n    steps: many\n")
+    out = cli("recipe", "validate", str(bad))
+    assert out.returncode == 1
+    assert "transforms[0].steps" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_python_tag_rejected_by_cli(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    bad = tmp_path / "evil.yaml"
+    bad.write_text(f'!!python/object/apply:os.system ["touch {marker}"]\n')
+    out = cli("recipe", "validate", str(bad))
+    assert out.returncode == 1 and "python/object/apply" in out.stderr
+    assert not marker.exists()
+
+
+def test_show_lists_transforms() -> None:
+    out = cli("recipe", "show", str(PRESET))
+    assert out.returncode == 0 and "sampler" in out.stdout and "dpmsolver++" in out.stdout
+
+
+def test_apply_then_plain_diffusers_and_compress_load_agree(tiny_dir: Path, tmp_path: Path) -> None:
+    from diffusers import DiffusionPipeline
+
+    import compress
+    from compress.generate import generate
+    from compress.recipe import load_recipe
+
+    out = tmp_path / "artifact"
+    res = cli("apply", str(PRESET), "--model", str(tiny_dir), "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    assert res.stderr == "", "library noise leaked into the terminal"
+    sampler = load_recipe(PRESET).transforms[0]
+    plain = DiffusionPipeline.from_pretrained(out)
+    plain.set_progress_bar_config(disable=True)
+    ours = compress.load(str(out))
+    assert type(ours.scheduler).__name__ == type(plain.scheduler).__name__
+    prompt = ["a blue digit nine"]
+    a = generate(
+        plain, prompt, [3], num_inference_steps=sampler.steps, guidance_scale=sampler.guidance_scale
+    )
+    b = generate(ours, prompt, [3])  # compress.load restores steps and guidance as defaults
+    np.testing.assert_array_equal(np.asarray(a[0]), np.asarray(b[0]))
+
+    again = cli("apply", str(PRESET), "--model", str(tiny_dir), "--out", str(out))
+    assert again.returncode == 1 and "--overwrite" in again.stderr
+
+
+def test_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
+    out = cli("apply", str(PRESET), "--model", "/no/such/dir", "--out", str(tmp_path / "x"))
+    assert out.returncode == 1
+    assert out.stderr.strip().count("\n") == 0 and out.stderr.startswith("error:")
+    assert not (tmp_path / "x").exists()
+    verbose = cli("--verbose", "apply", str(PRESET), "--model", "/no/such/dir", "--out", "x")
+    assert "Traceback" in verbose.stderr
