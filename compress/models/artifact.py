@@ -59,6 +59,9 @@ def load_artifact(folder: str | os.PathLike[str], **kwargs: Any) -> DiffusionPip
             "folder loads with DiffusionPipeline.from_pretrained or --model)"
         )
     recipe = load_recipe(folder / RECIPE_FILE)
+    for record in recipe.records:  # e.g. quantized weights that diffusers would load as bfloat16
+        if "load_dtype" in record.metadata:
+            kwargs.setdefault("dtype", record.metadata["load_dtype"])
     pipe = load_pipeline(str(folder), **kwargs)
     restore(pipe, recipe, only_replayed=True)
     return pipe

@@ -1,0 +1,165 @@
+"""Post-training quantization with ordered per-layer precision rules (stage numeric)."""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from compress.backends import FORMATS, FormatName
+from compress.context import RunContext
+from compress.errors import CompressError, RestoreMismatch
+from compress.transforms.base import Metadata, Stage, TransformConfig, register_transform
+
+if TYPE_CHECKING:
+    import torch.nn as nn
+    from diffusers import DiffusionPipeline
+
+# Layers whose error reaches every pixel at every step stay in full precision unless overridden:
+# the first and last convolutions and the timestep (and SDXL's added-condition) embeddings.
+PROTECTED = ("conv_in", "conv_out", "time_embedding", "add_embedding")
+
+
+def _check_pattern(value: str) -> str:
+    if value.startswith("re:"):
+        try:
+            re.compile(value[3:])
+        except re.error as exc:
+            raise ValueError(f"invalid regular expression {value[3:]!r}: {exc}") from None
+    elif not value:
+        raise ValueError("empty module name")
+    return value
+
+
+class Rule(BaseModel):
+    """Layers named `match` (a module name, which covers its children, or `re:<regex>` fully
+    matching layer names) take `format`; `none` keeps them in full precision."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    match: str
+    format: FormatName | Literal["none"]
+
+    @field_validator("match")
+    @classmethod
+    def _match(cls, value: str) -> str:
+        return _check_pattern(value)
+
+
+class QuantizeConfig(TransformConfig):
+    """Ordered precision rules over the denoiser's Linear layers; the first matching rule wins."""
+
+    kind: Literal["quantize"] = "quantize"
+    rules: list[Rule] = Field(min_length=1)
+    protect: list[str] = Field(default_factory=lambda: list(PROTECTED))
+
+    @field_validator("protect")
+    @classmethod
+    def _protect(cls, value: list[str]) -> list[str]:
+        return [_check_pattern(v) for v in value]
+
+
+def _covers(pattern: str, name: str) -> bool:
+    if pattern.startswith("re:"):
+        return re.fullmatch(pattern[3:], name) is not None
+    return name == pattern or name.startswith(pattern + ".")
+
+
+def linear_layers(model: nn.Module) -> dict[str, nn.Module]:
+    import torch.nn as nn
+
+    return {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+
+
+def resolve(model: nn.Module, cfg: QuantizeConfig) -> tuple[dict[str, str], list[str]]:
+    """Layer name -> format for every layer a rule quantizes, and the protected layer names.
+
+    Raises on a rule that selects no Linear layer (a typo, or another architecture) and on a rule
+    that names a protected or non-Linear module directly.
+    """
+    linears = linear_layers(model)
+    modules = dict(model.named_modules())
+    protected = sorted(n for n in linears if any(_covers(p, n) for p in cfg.protect))
+    assign: dict[str, str] = {}
+    for i, rule in enumerate(cfg.rules):
+        where = f"rules[{i}] (match {rule.match!r}, format {rule.format!r})"
+        if not rule.match.startswith("re:"):
+            if rule.match not in modules:
+                raise CompressError(f"{where}: the denoiser has no module named {rule.match!r}")
+            target = modules[rule.match]
+            if not linears.get(rule.match) and not any(_covers(rule.match, n) for n in linears):
+                raise CompressError(
+                    f"{where}: {rule.match} is a {type(target).__name__} with no Linear layers; "
+                    "the formats quantize Linear layers (convolutions stay in full precision)"
+                )
+            if rule.match in protected or any(_covers(p, rule.match) for p in cfg.protect):
+                raise CompressError(
+                    f"{where}: {rule.match} is protected; remove it from `protect` to quantize it"
+                )
+        hits = [n for n in linears if _covers(rule.match, n)]
+        if not hits:
+            raise CompressError(f"{where} selects no Linear layer of the denoiser")
+        for name in hits:
+            if name not in protected and name not in assign:
+                assign[name] = rule.format
+    return {n: f for n, f in assign.items() if f != "none"}, protected
+
+
+def _backend(assign: dict[str, str]) -> str:
+    backends = {FORMATS[f].backend for f in assign.values()}
+    if len(backends) > 1:
+        raise CompressError(
+            f"one quantize transform uses one backend; the rules mix {sorted(backends)} "
+            f"(formats {sorted(set(assign.values()))})"
+        )
+    return backends.pop()
+
+
+def _quantize(pipe: DiffusionPipeline, cfg: QuantizeConfig, device: str) -> Metadata:
+    from compress.backends import bitsandbytes, torchao
+
+    unet = pipe.unet
+    assign, protected = resolve(unet, cfg)
+    if not assign:
+        raise CompressError("the rules quantize no layer (every match has format 'none')")
+    backend = _backend(assign)
+    module = torchao if backend == "torchao" else bitsandbytes
+    module.check(unet, assign, device)  # before any work
+    if backend == "torchao":
+        new = torchao.quantize(unet, assign)
+    else:
+        new = bitsandbytes.quantize(unet, assign, sorted(linear_layers(unet)))
+    pipe.register_modules(unet=new)
+    return {
+        "backend": backend,
+        "modules": dict(sorted(assign.items())),
+        "protected": protected,
+        # diffusers loads torchao models in bfloat16 unless told the dtype
+        "load_dtype": str(unet.dtype).removeprefix("torch."),
+    }
+
+
+def _restore(pipe: DiffusionPipeline, cfg: QuantizeConfig, metadata: Metadata) -> None:
+    from compress.backends import bitsandbytes, torchao
+
+    if getattr(pipe.unet, "hf_quantizer", None) is not None:  # loaded already quantized
+        backend = bitsandbytes if metadata.get("backend") == "bitsandbytes" else torchao
+        got = sorted(backend.quantized_names(pipe.unet))
+        if got != sorted(metadata["modules"]):
+            raise RestoreMismatch(
+                f"quantize: the loaded denoiser has quantized layers {got} but the recipe "
+                f"recorded {sorted(metadata['modules'])}"
+            )
+        return
+    assign, _ = resolve(pipe.unet, cfg)
+    if assign != metadata["modules"]:
+        diff = sorted(set(assign.items()) ^ set(metadata["modules"].items()))
+        raise RestoreMismatch(f"quantize: rules resolve differently on this model: {diff[:5]}")
+    _quantize(pipe, cfg, str(pipe.device))
+
+
+@register_transform(QuantizeConfig, stage=Stage.numeric, restore=_restore)
+def apply_quantize(pipe: DiffusionPipeline, cfg: QuantizeConfig, ctx: RunContext) -> Metadata:
+    """Quantize the denoiser's Linear layers, each to the format of the first rule matching it."""
+    return _quantize(pipe, cfg, ctx.device)
