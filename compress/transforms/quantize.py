@@ -16,6 +16,8 @@ if TYPE_CHECKING:
     import torch.nn as nn
     from diffusers import DiffusionPipeline
 
+    from compress.recipe import Scores
+
 # Layers whose error reaches every pixel at every step stay in full precision unless overridden:
 # the first and last convolutions and the timestep (and SDXL's added-condition) embeddings.
 PROTECTED = ("conv_in", "conv_out", "time_embedding", "add_embedding")
@@ -163,3 +165,17 @@ def _restore(pipe: DiffusionPipeline, cfg: QuantizeConfig, metadata: Metadata) -
 def apply_quantize(pipe: DiffusionPipeline, cfg: QuantizeConfig, ctx: RunContext) -> Metadata:
     """Quantize the denoiser's Linear layers, each to the format of the first rule matching it."""
     return _quantize(pipe, cfg, ctx.device)
+
+
+NOT_FASTER = "quantized-but-not-faster"
+
+
+def flag_if_not_faster(candidate: Scores, parent: Scores) -> Scores:
+    """Add `quantized-but-not-faster` unless the candidate beats its unquantized parent's median
+    latency by more than the parent's run-to-run spread (same device and settings assumed)."""
+    if candidate.latency_ms is None or parent.latency_ms is None:
+        raise CompressError("both the quantized candidate and its parent need a measured latency")
+    noise = parent.latency_spread_ms or 0.0
+    faster = candidate.latency_ms < parent.latency_ms - noise
+    flags = [f for f in candidate.flags if f != NOT_FASTER] + ([] if faster else [NOT_FASTER])
+    return candidate.model_copy(update={"flags": flags})
