@@ -16,6 +16,7 @@ from compress.models.artifact import load_artifact, save_artifact
 from compress.models.tiny import build_tiny_pipeline
 from compress.recipe import Recipe, load_recipe
 from compress.transforms.base import TransformConfig, config_adapter, registry
+from compress.transforms.prune_blocks import PruneBlocksConfig
 from compress.transforms.sampler import SamplerConfig
 
 PROMPTS = ["a red seven on a blue background", "a green digit two"]
@@ -24,6 +25,7 @@ SEEDS = [0, 1]
 # kind -> (example config, run context factory). Every registered kind must appear here.
 EXAMPLES: dict[str, tuple[TransformConfig, Callable[[], RunContext]]] = {
     "sampler": (SamplerConfig(scheduler="euler", steps=3, guidance_scale=4.0), RunContext),
+    "prune_blocks": (PruneBlocksConfig(preset="small"), RunContext),
 }
 
 

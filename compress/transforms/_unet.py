@@ -1,0 +1,82 @@
+"""UNet2DConditionModel helpers shared by the structure transforms and distillation."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from compress.context import RunContext
+
+# ctx.cache keys the structure transforms fill for feature distillation:
+# FEATURE_PAIRS: [(student module, teacher module)] stage outputs to match (BK-SDM);
+# FEATURE_CHANNELS: {student module: teacher channel indices its output channels kept}.
+FEATURE_PAIRS = "unet_feature_pairs"
+FEATURE_CHANNELS = "unet_feature_channels"
+
+
+def as_list(value: Any, n: int) -> list[Any]:
+    """A per-block config value (int or tuple, as diffusers accepts either) as a list of n."""
+    return list(value) if isinstance(value, list | tuple) else [value] * n
+
+
+def example_inputs(unet: UNet2DConditionModel, batch: int = 1) -> dict[str, Any]:
+    """Small random inputs that exercise every module of `unet` (for tracing and MAC counts)."""
+    import torch
+
+    cfg = unet.config
+    side = 2 ** max(len(cfg.block_out_channels) - 1, 0) * 2
+    dev, dtype = unet.device, unet.dtype
+    cross = cfg.cross_attention_dim
+    cross = cross[0] if isinstance(cross, list | tuple) else cross
+    gen = torch.Generator().manual_seed(0)
+    out: dict[str, Any] = {
+        "sample": torch.randn(batch, cfg.in_channels, side, side, generator=gen).to(dev, dtype),
+        "timestep": torch.tensor([500] * batch, device=dev),
+        "encoder_hidden_states": torch.randn(batch, 4, cross, generator=gen).to(dev, dtype),
+    }
+    if cfg.addition_embed_type == "text_time":
+        text = cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim
+        out["added_cond_kwargs"] = {
+            "text_embeds": torch.randn(batch, text, generator=gen).to(dev, dtype),
+            "time_ids": torch.tensor([[64.0, 64, 0, 0, 64, 64]] * batch, device=dev, dtype=dtype),
+        }
+    if cfg.time_cond_proj_dim is not None:
+        out["timestep_cond"] = torch.randn(batch, cfg.time_cond_proj_dim, generator=gen).to(
+            dev, dtype
+        )
+    return out
+
+
+def forward(unet: torch.nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
+    return unet(**inputs, return_dict=False)[0]
+
+
+def stage_names(unet: UNet2DConditionModel) -> list[str]:
+    """The stage modules whose outputs BK-SDM's feature loss matches: down, mid, up blocks."""
+    names = [f"down_blocks.{i}" for i in range(len(unet.down_blocks))]
+    names += ["mid_block"] if unet.mid_block is not None else []
+    return names + [f"up_blocks.{i}" for i in range(len(unet.up_blocks))]
+
+
+def output_layer(unet: UNet2DConditionModel, stage: str) -> str:
+    """The conv/linear whose output channels are the channels of a stage's output."""
+    block = unet.get_submodule(stage)
+    for sampler in ("downsamplers", "upsamplers"):
+        if getattr(block, sampler, None):
+            return f"{stage}.{sampler}.0.conv"
+    # a block's last op is its last attention (after the last resnet) if it has attentions
+    if getattr(block, "attentions", None) and len(block.attentions) >= len(block.resnets):
+        return f"{stage}.attentions.{len(block.attentions) - 1}.proj_out"
+    return f"{stage}.resnets.{len(block.resnets) - 1}.conv2"
+
+
+def feature_pairs(ctx: RunContext, student: UNet2DConditionModel) -> list[tuple[str, str]]:
+    """Recorded (student, teacher) stage pairs, or the student's stages matched by name."""
+    return list(ctx.cache.get(FEATURE_PAIRS) or [(n, n) for n in stage_names(student)])
+
+
+def count_params(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

@@ -1,0 +1,311 @@
+"""Block removal in the manner of BK-SDM (Kim et al. 2023), written back as a standard diffusers
+UNet config (per-block `layers_per_block`, `mid_block_type: null`, per-block transformer depth)
+with the surviving weights copied over, so the result loads with plain diffusers."""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from compress.context import RunContext
+from compress.errors import CompressError, RestoreMismatch
+from compress.transforms._unet import FEATURE_PAIRS, as_list, count_params
+from compress.transforms.base import Metadata, Stage, TransformConfig, register_transform
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline, UNet2DConditionModel
+
+_NAME = re.compile(r"^(mid_block|(down|up)_blocks\.\d+(\.\d+)?)$")
+_BLOCK = re.compile(r"^((down|up)_blocks\.\d+|mid_block)$")
+_PAIR_KEY = re.compile(r"^(down|up)_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.*)$")
+_BLOCK_KEY = re.compile(r"^(down|up)_blocks\.(\d+)\.(.*)$")
+# Config keys holding one value per stage (down order); trimmed when a stage is removed.
+_PER_STAGE = (
+    "attention_head_dim",
+    "num_attention_heads",
+    "cross_attention_dim",
+    "only_cross_attention",
+    "transformer_layers_per_block",
+)
+
+
+class PruneBlocksConfig(TransformConfig):
+    """Which residual/attention pairs, mid block or innermost stage to remove.
+
+    Names: `down_blocks.I.K` / `up_blocks.J.K` (pair K: resnets.K with attentions.K),
+    `mid_block`, and `down_blocks.I` with `up_blocks.0` for the innermost stage. Presets resolve
+    on the model: base keeps one pair per down block and the first and last per up block;
+    small also removes the mid block; tiny also the innermost stage.
+    """
+
+    kind: Literal["prune_blocks"] = "prune_blocks"
+    preset: Literal["base", "small", "tiny"] | None = None
+    remove: tuple[str, ...] = ()
+    # block -> transformer layers each of its attentions keeps (the first ones); for SDXL.
+    transformer_depth: dict[str, int] = Field(default_factory=dict)
+
+    @field_validator("remove")
+    @classmethod
+    def _names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [n for n in value if not _NAME.match(n)]
+        if bad:
+            raise ValueError(
+                f"{bad} are not block names; use down_blocks.I.K, up_blocks.J.K, "
+                "mid_block, or down_blocks.I with up_blocks.0 for a whole stage"
+            )
+        if len(set(value)) != len(value):
+            raise ValueError("names appear twice")
+        return value
+
+    @field_validator("transformer_depth")
+    @classmethod
+    def _depths(cls, value: dict[str, int]) -> dict[str, int]:
+        bad = [k for k, v in value.items() if not _BLOCK.match(k) or v < 1]
+        if bad:
+            raise ValueError(
+                f"{bad}: keys are down_blocks.I, up_blocks.J or mid_block; values >= 1"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _something(self) -> PruneBlocksConfig:
+        if self.preset is None and not self.remove and not self.transformer_depth:
+            raise ValueError("nothing to prune: give a preset, remove or transformer_depth")
+        return self
+
+
+def _preset(name: str, layers: list[int]) -> list[str]:
+    n = len(layers)
+    out = [f"down_blocks.{i}.{k}" for i in range(n) for k in range(1, layers[i])]
+    out += [f"up_blocks.{j}.{k}" for j in range(n) for k in range(1, layers[n - 1 - j])]
+    if name in ("small", "tiny"):
+        out.append("mid_block")
+    if name == "tiny":
+        out += [f"down_blocks.{n - 1}", "up_blocks.0"]
+    return out
+
+
+def _plan(unet: UNet2DConditionModel, names: list[str], depth: dict[str, int]) -> dict[str, Any]:
+    """Check `names` against this UNet and return kept pair indices per block (old indices)."""
+    cfg = unet.config
+    n = len(cfg.down_block_types)
+    layers = as_list(cfg.layers_per_block, n)
+    valid = f"this UNet has down_blocks 0-{n - 1} and up_blocks 0-{n - 1}"
+    down = [list(range(layers[i])) for i in range(n)]
+    up = [list(range(layers[n - 1 - j] + 1)) for j in range(n)]
+    drop_stage = drop_mid = False
+    for name in names:
+        parts = name.split(".")
+        if name == "mid_block":
+            if unet.mid_block is None:
+                raise CompressError("mid_block: this UNet has no mid block to remove")
+            drop_mid = True
+            continue
+        side, b = parts[0], int(parts[1])
+        if b >= n:
+            raise CompressError(f"{name}: {valid}")
+        if len(parts) == 2:
+            inner = b == n - 1 if side == "down_blocks" else b == 0
+            if not inner or n < 2:
+                raise CompressError(
+                    f"{name}: only the innermost stage (down_blocks.{n - 1} with "
+                    "up_blocks.0) can be removed whole, and not the only one"
+                )
+            drop_stage = True
+            continue
+        kept = (down if side == "down_blocks" else up)[b]
+        k = int(parts[2])
+        if k not in kept:
+            raise CompressError(f"{name}: {side}.{b} has pairs 0-{len(kept) - 1}")
+        kept.remove(k)
+    if drop_stage and not {f"down_blocks.{n - 1}", "up_blocks.0"} <= set(names):
+        raise CompressError(f"remove down_blocks.{n - 1} and up_blocks.0 together")
+    widths = list(cfg.block_out_channels)
+    if drop_stage and widths[-2] != widths[-1]:
+        raise CompressError(
+            f"removing the innermost stage hands its role to the stage before, which needs the "
+            f"same width (block_out_channels {widths}); this fits SD1.x/2.x (1280, 1280), "
+            "not this UNet: remove pairs and the mid block instead (preset small)"
+        )
+    for i in range(n - 1 if drop_stage else n):
+        if not down[i]:
+            raise CompressError(f"down_blocks.{i} would lose every pair; keep at least one")
+        if len(up[n - 1 - i]) != len(down[i]) + 1:
+            raise CompressError(
+                f"diffusers gives up_blocks.{n - 1 - i} one more pair than its mirror "
+                f"down_blocks.{i}: remove as many pairs from each (now {layers[i] - len(down[i])} "
+                f"and {layers[i] + 1 - len(up[n - 1 - i])})"
+            )
+    for block, d in depth.items():
+        mod = (
+            unet.mid_block
+            if block == "mid_block"
+            else (unet.get_submodule(block) if int(block.split(".")[1]) < n else None)
+        )
+        have = [len(a.transformer_blocks) for a in getattr(mod, "attentions", None) or []]
+        if not have or d > min(have):
+            raise CompressError(
+                f"transformer_depth {block}={d}: that block has transformer "
+                f"depths {have or 'none (no attention)'}; {valid}"
+            )
+    return {"down": down, "up": up, "drop_stage": drop_stage, "drop_mid": drop_mid}
+
+
+def _per_layer(value: Any, count: int) -> list[int]:
+    return list(value) if isinstance(value, list | tuple) else [value] * count
+
+
+def _new_config(unet: UNet2DConditionModel, plan: dict[str, Any], depth: dict[str, int]) -> dict:
+    """The original config with the removed pairs, stage and mid block taken out."""
+    cfg = {k: v for k, v in unet.config.items() if not k.startswith("_")}
+    n = len(cfg["down_block_types"])
+    layers = as_list(cfg["layers_per_block"], n)
+    stages = list(range(n - 1 if plan["drop_stage"] else n))
+    ups = [j for j in range(n) if not (plan["drop_stage"] and j == 0)]
+    trl, rev = cfg["transformer_layers_per_block"], cfg.get("reverse_transformer_layers_per_block")
+    blocks = as_list(trl, n)
+    # transformer depth of every kept layer, then the per-block override
+    down = [
+        [
+            depth.get(f"down_blocks.{i}", _per_layer(blocks[i], layers[i])[k])
+            for k in plan["down"][i]
+        ]
+        for i in range(n)
+    ]
+    up_orig = [
+        _per_layer(rev[j] if rev else blocks[n - 1 - j], layers[n - 1 - j] + 1) for j in range(n)
+    ]
+    up = [[depth.get(f"up_blocks.{j}", up_orig[j][k]) for k in plan["up"][j]] for j in range(n)]
+    tl = [down[i][0] if len(set(down[i])) == 1 else down[i] for i in stages]
+    mid = unet.mid_block
+    if mid is not None and not plan["drop_mid"] and getattr(mid, "attentions", None):
+        have = len(mid.attentions[0].transformer_blocks)
+        tied = tl[-1] if isinstance(tl[-1], int) else tl[-1][0]
+        if depth.get("mid_block", have) != tied:
+            raise CompressError(
+                f"diffusers ties the mid block's transformer depth to the innermost down "
+                f"block's ({tied} here); set transformer_depth mid_block: {tied} to accept "
+                f"that (it has {have} now), or remove the mid block"
+            )
+    for key in _PER_STAGE:
+        if isinstance(cfg.get(key), list | tuple):
+            cfg[key] = [cfg[key][i] for i in stages]
+    if not (isinstance(trl, int) and set(tl) == {trl}):
+        cfg["transformer_layers_per_block"] = tl
+    if rev or any(up[j] != [tl[n - 1 - j]] * len(up[j]) for j in ups):
+        cfg["reverse_transformer_layers_per_block"] = [up[j] for j in ups]
+    cfg["down_block_types"] = [cfg["down_block_types"][i] for i in stages]
+    cfg["up_block_types"] = [cfg["up_block_types"][j] for j in ups]
+    cfg["block_out_channels"] = [cfg["block_out_channels"][i] for i in stages]
+    cfg["layers_per_block"] = [len(plan["down"][i]) for i in stages]
+    if plan["drop_mid"]:
+        cfg["mid_block_type"] = None
+    return cfg
+
+
+def _old_key(key: str, plan: dict[str, Any]) -> str:
+    shift = 1 if plan["drop_stage"] else 0
+    m = _PAIR_KEY.match(key)
+    if m:
+        side, b, kind, k, rest = m.groups()
+        ob = int(b) + (shift if side == "up" else 0)
+        ok = plan[side][ob][int(k)]
+        return f"{side}_blocks.{ob}.{kind}.{ok}.{rest}"
+    m = _BLOCK_KEY.match(key)
+    if m and m.group(1) == "up":
+        return f"up_blocks.{int(m.group(2)) + shift}.{m.group(3)}"
+    return key
+
+
+def _pairs(new: UNet2DConditionModel, plan: dict[str, Any]) -> list[tuple[str, str]]:
+    """BK-SDM feature pairs: each student stage with its teacher stage (pre-downsample if the
+    student's stage lost its downsampler)."""
+    out = []
+    for i, block in enumerate(new.down_blocks):
+        name = f"down_blocks.{i}"
+        if block.downsamplers is None and i < len(plan["down"]) - 1:
+            kind = "attentions" if getattr(block, "attentions", None) else "resnets"
+            last = len(getattr(block, kind)) - 1
+            out.append((f"{name}.{kind}.{last}", f"{name}.{kind}.{plan['down'][i][last]}"))
+        else:
+            out.append((name, name))
+    out += [("mid_block", "mid_block")] if new.mid_block is not None else []
+    shift = 1 if plan["drop_stage"] else 0
+    return out + [(f"up_blocks.{j}", f"up_blocks.{j + shift}") for j in range(len(new.up_blocks))]
+
+
+def _prune(
+    pipe: DiffusionPipeline, names: list[str], depth: dict[str, int], ctx: RunContext | None
+) -> Metadata:
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    unet = pipe.unet
+    if getattr(unet, "_compress_channels_pruned", False):
+        raise CompressError("prune_blocks must run before prune_channels in a recipe")
+    plan = _plan(unet, names, depth)
+    new_cfg = _new_config(unet, plan, depth)
+    with torch.device("meta"):
+        new = UNet2DConditionModel.from_config(new_cfg)
+    old_sd = unet.state_dict()
+    state, bad = {}, []
+    for key, p in new.state_dict().items():
+        ok = _old_key(key, plan)
+        if ok not in old_sd or old_sd[ok].shape != p.shape:
+            got = tuple(old_sd[ok].shape) if ok in old_sd else "missing"
+            bad.append(f"{key} needs {tuple(p.shape)} but {ok} is {got}")
+        else:
+            state[key] = old_sd[ok]
+    if bad:
+        raise CompressError(
+            f"removing {names} leaves layers whose inputs no longer fit (keep the "
+            f"first down pair and the first/last up pairs): {'; '.join(bad[:3])}"
+        )
+    before = {
+        "layers_per_block": as_list(unet.config.layers_per_block, len(plan["down"])),
+        "mid_block_type": unet.config.mid_block_type,
+        "params": count_params(unet),
+    }
+    new.load_state_dict(state, strict=True, assign=True)
+    new.train(unet.training)
+    pipe.register_modules(unet=new)
+    if ctx is not None:
+        ctx.cache[FEATURE_PAIRS] = _pairs(new, plan)
+    return {
+        "removed": sorted(names),
+        "transformer_depth": dict(sorted(depth.items())),
+        "before": before,
+        "params": count_params(new),
+        "layers_per_block": list(new.config.layers_per_block),
+        "mid_block_type": new.config.mid_block_type,
+    }
+
+
+def resolve(unet: UNet2DConditionModel, cfg: PruneBlocksConfig) -> list[str]:
+    """The explicit names a config removes from this UNet (its preset expanded)."""
+    n = len(unet.config.down_block_types)
+    names = _preset(cfg.preset, as_list(unet.config.layers_per_block, n)) if cfg.preset else []
+    return names + [x for x in cfg.remove if x not in names]
+
+
+def _restore(pipe: DiffusionPipeline, cfg: PruneBlocksConfig, metadata: Metadata) -> None:
+    unet = pipe.unet
+    before = metadata.get("before", {})
+    got = as_list(unet.config.layers_per_block, len(unet.config.down_block_types))
+    if before.get("layers_per_block") != got or before.get("params") != count_params(unet):
+        raise RestoreMismatch(
+            f"prune_blocks was recorded on a UNet with layers_per_block "
+            f"{before.get('layers_per_block')} and {before.get('params')} "
+            f"parameters; this one has {got} and {count_params(unet)}"
+        )
+    _prune(pipe, list(metadata["removed"]), dict(metadata["transformer_depth"]), None)
+
+
+@register_transform(PruneBlocksConfig, stage=Stage.structure, native=True, restore=_restore)
+def apply_prune_blocks(
+    pipe: DiffusionPipeline, cfg: PruneBlocksConfig, ctx: RunContext
+) -> Metadata:
+    """Remove the configured blocks and rebuild the UNet from a standard config."""
+    return _prune(pipe, resolve(pipe.unet, cfg), dict(cfg.transformer_depth), ctx)
