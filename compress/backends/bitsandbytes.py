@@ -12,8 +12,11 @@ if TYPE_CHECKING:
 
 def check(model: ModelMixin, assign: dict[str, str], device: str) -> None:
     """bitsandbytes layers load through diffusers, which requires a CUDA GPU and one format."""
+    from compress._quiet import quiet_imports
+
     try:
-        import bitsandbytes  # noqa: F401
+        with quiet_imports():  # bitsandbytes prints missing optional kernels at import
+            import bitsandbytes  # noqa: F401
     except ImportError:
         raise MissingExtra("bitsandbytes", "quantize") from None
     if not device.startswith("cuda"):

@@ -15,9 +15,12 @@ def through_diffusers(model: ModelMixin, quantization_config: Any) -> ModelMixin
     A round trip through a temporary folder is the one public way to attach diffusers' quantizer
     (which `save_pretrained` needs to serialize quantized weights) to an existing model.
     """
+    from compress._quiet import quiet_imports
+
     device = next(model.parameters()).device
     with tempfile.TemporaryDirectory(prefix="compress-quantize-") as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
+        with quiet_imports():  # diffusers draws a progress bar for one shard
+            model.save_pretrained(tmp, safe_serialization=True)
         kwargs: dict[str, Any] = {"torch_dtype": model.dtype}
         if device.type != "cpu":
             kwargs["device_map"] = {"": str(device)}

@@ -14,8 +14,11 @@ INT4_GROUP = 128
 
 
 def _require() -> None:
+    from compress._quiet import quiet_imports
+
     try:
-        import torchao  # noqa: F401
+        with quiet_imports():  # torchao prints optional-kernel load failures at import
+            import torchao  # noqa: F401
     except ImportError:
         raise MissingExtra("torchao", "quantize") from None
 
