@@ -1,6 +1,7 @@
 """Built-in transforms; importing this package registers every one of them."""
 
 from compress.transforms import prune_blocks  # noqa: F401
+from compress.transforms import quantize  # noqa: F401
 from compress.transforms import sampler  # noqa: F401
 from compress.transforms.base import (
     Metadata,

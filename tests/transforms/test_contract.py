@@ -17,6 +17,7 @@ from compress.models.tiny import build_tiny_pipeline
 from compress.recipe import Recipe, load_recipe
 from compress.transforms.base import TransformConfig, config_adapter, registry
 from compress.transforms.prune_blocks import PruneBlocksConfig
+from compress.transforms.quantize import QuantizeConfig
 from compress.transforms.sampler import SamplerConfig
 
 PROMPTS = ["a red seven on a blue background", "a green digit two"]
@@ -26,6 +27,16 @@ SEEDS = [0, 1]
 EXAMPLES: dict[str, tuple[TransformConfig, Callable[[], RunContext]]] = {
     "sampler": (SamplerConfig(scheduler="euler", steps=3, guidance_scale=4.0), RunContext),
     "prune_blocks": (PruneBlocksConfig(preset="small"), RunContext),
+    "quantize": (
+        QuantizeConfig(
+            rules=[
+                {"match": "re:.*attn1\\..*", "format": "int8_dynamic"},
+                {"match": "up_blocks", "format": "intx4_weight_only"},
+                {"match": "re:.*", "format": "int8_weight_only"},
+            ]
+        ),
+        RunContext,
+    ),
 }
 
 
@@ -43,6 +54,8 @@ def test_config_round_trips(kind: str) -> None:
 
 def images(pipe, **kw) -> np.ndarray:
     """The 8-bit images a user sees (float outputs may differ in the last ulp across layouts)."""
+    if "num_inference_steps" not in call_defaults(pipe):  # few steps keep the suite fast
+        kw = {"num_inference_steps": 4, **kw}
     return np.stack([np.asarray(im) for im in generate(pipe, PROMPTS, SEEDS, **kw)])
 
 
@@ -62,7 +75,7 @@ def test_apply_save_reload_identical(kind: str, tmp_path: Path) -> None:
     np.testing.assert_array_equal(images(loaded), before)
 
     if applied.native:  # plain diffusers, with the call arguments a user reads from the recipe
-        plain = DiffusionPipeline.from_pretrained(out)
+        plain = DiffusionPipeline.from_pretrained(out, torch_dtype=pipe.unet.dtype)
         plain.set_progress_bar_config(disable=True)
         np.testing.assert_array_equal(images(plain, **call_defaults(pipe)), before)
 
