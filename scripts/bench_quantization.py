@@ -1,0 +1,136 @@
+"""Size, latency and quality of each quantization format, printed as one markdown table.
+
+    python scripts/bench_quantization.py --model miniature
+    python scripts/bench_quantization.py --arch sd15 --device cuda --dtype float16 \
+        --formats int8_dynamic,float8_dynamic,int4_weight_only [--compile]
+
+`--arch` builds random weights: latency and size only (no quality). Every format quantizes all
+the denoiser's Linear layers except the protected ones (conv_in, conv_out, time embedding).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+BASE = "full precision"
+
+
+def unet_mb(pipe: Any) -> float:
+    """The denoiser's size on disk, as diffusers saves it (safetensors)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        pipe.unet.save_pretrained(tmp, safe_serialization=True)
+        return sum(f.stat().st_size for f in Path(tmp).glob("*.safetensors")) / 2**20
+
+
+def measure(args: argparse.Namespace, fmt: str, settings: Any, reference: Any) -> dict[str, Any]:
+    from compress.context import RunContext
+    from compress.evaluate import commands
+    from compress.evaluate.latency import measure_latency
+    from compress.evaluate.quality import get_metric
+    from compress.evaluate.run import generate_images
+    from compress.transforms.quantize import QuantizeConfig, apply_quantize
+
+    pipe = commands.load_for(args.model, args.arch, settings)
+    layers = 0
+    if fmt != BASE:
+        cfg = QuantizeConfig(rules=[{"match": "re:.*", "format": fmt}])
+        layers = len(apply_quantize(pipe, cfg, RunContext(device=settings.device))["modules"])
+    row: dict[str, Any] = {"format": fmt, "layers": layers, "unet_mb": unet_mb(pipe)}
+    lat = measure_latency(pipe, settings)
+    row |= {
+        "latency_ms": lat.median_ms,
+        "spread_ms": lat.spread_ms,
+        "denoiser_ms": lat.components_ms.get("denoiser"),
+        "compile_ms": lat.compile_ms,
+    }
+    if args.model is not None:
+        metric = get_metric(settings.metric, device=settings.device)
+        prompts, seeds = metric.prompts(settings.num_prompts)
+        images = generate_images(pipe, prompts, seeds, settings)
+        value, _ = metric.score(images, prompts, reference_images=reference)
+        row |= {"quality": value, "metric": f"{metric.name} {metric.version}"}
+    row["device"] = lat.device_name
+    return row
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="'miniature' or a pipeline folder (latency, size, quality)")
+    src.add_argument("--arch", help="sd15, sd21, sdxl: random weights (latency and size only)")
+    p.add_argument("--formats", default="int8_weight_only,int8_dynamic,intx4_weight_only")
+    p.add_argument("--metric", default="miniature", help="quality metric (with --model)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default=None)
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--num-prompts", type=int, default=None)
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    args = p.parse_args()
+
+    from compress._quiet import import_heavy
+
+    import_heavy()
+    from compress.evaluate.commands import make_settings
+    from compress.recipe import Scores
+    from compress.transforms.quantize import flag_if_not_faster
+
+    settings = make_settings(
+        device=args.device,
+        dtype=args.dtype,
+        steps=args.steps,
+        timed_runs=args.runs,
+        compile=args.compile,
+        metric=args.metric,
+        num_prompts=args.num_prompts,
+        warmup=1,
+    )
+    reference = None
+    if args.model is not None and args.metric == "fidelity":
+        from compress.evaluate import commands
+        from compress.evaluate.run import reference_images
+
+        reference = reference_images(commands.load_for(args.model, None, settings), settings)
+    rows = []
+    for fmt in [BASE, *[f.strip() for f in args.formats.split(",") if f.strip()]]:
+        print(f"measuring {fmt} ...", file=sys.stderr, flush=True)
+        rows.append(measure(args, fmt, settings, reference))
+    parent = Scores(latency_ms=rows[0]["latency_ms"], latency_spread_ms=rows[0]["spread_ms"])
+    for row in rows[1:]:
+        row["flags"] = flag_if_not_faster(Scores(latency_ms=row["latency_ms"]), parent).flags
+    print("command: python " + " ".join(sys.argv))
+    print(f"device: {rows[0]['device']}, settings: {settings.model_dump(exclude_none=True)}\n")
+    cols = [
+        "format",
+        "layers",
+        "unet_mb",
+        "latency_ms",
+        "spread_ms",
+        "denoiser_ms",
+        "quality",
+        "flags",
+    ]
+    print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
+    for row in rows:
+        cells = [row.get(c) for c in cols]
+        print(
+            "| "
+            + " | ".join(f"{c:.4g}" if isinstance(c, float) else str(c or "") for c in cells)
+            + " |"
+        )
+    if "metric" in rows[0]:
+        print(f"\nquality: {rows[0]['metric']}")
+    if args.json:
+        from compress.recipe import write_atomic
+
+        write_atomic(args.json, json.dumps(rows, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
