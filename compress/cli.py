@@ -134,6 +134,101 @@ def recipe_show(file: Annotated[Path, typer.Argument(help="Recipe YAML.")]) -> N
 
 # --- evaluation commands (bench, eval) ---
 
+_Device = Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ...")]
+_DType = Annotated[str | None, typer.Option(help="float32, float16, bfloat16 (default: as is).")]
+_Res = Annotated[int | None, typer.Option(help="Image side in pixels (default: the model's).")]
+_Steps = Annotated[int | None, typer.Option(help="Denoising steps (default: the model's).")]
+_Guid = Annotated[float | None, typer.Option(help="Guidance scale; <= 1 turns CFG off.")]
+_Runs = Annotated[int, typer.Option(help="Timed runs (median and IQR are reported).")]
+_Json = Annotated[Path | None, typer.Option("--json", help="Results JSON (default: reports/...).")]
+
+
+@app.command()
+def bench(
+    model: Annotated[str | None, typer.Option(help="'miniature', a folder or a hub id.")] = None,
+    arch: Annotated[str | None, typer.Option(help="sd15, sd21, sdxl: random weights.")] = None,
+    device: _Device = "cpu",
+    dtype: _DType = None,
+    resolution: _Res = None,
+    batch_size: Annotated[int, typer.Option(help="Images per call.")] = 1,
+    steps: _Steps = None,
+    guidance: _Guid = None,
+    compile: Annotated[bool, typer.Option("--compile", help="torch.compile UNet and VAE.")] = False,
+    runs: _Runs = 5,
+    warmup: Annotated[int, typer.Option(help="Untimed runs first (compile happens here).")] = 1,
+    threads: Annotated[int | None, typer.Option(help="CPU threads (default: torch's).")] = None,
+    json_out: _Json = None,
+) -> None:
+    """Latency of a pipeline: end to end and per component, on the target device."""
+    heavy()
+    from compress.evaluate.commands import run_bench
+
+    run_bench(
+        console,
+        model=model,
+        arch=arch,
+        json_out=json_out,
+        device=device,
+        dtype=dtype,
+        resolution=resolution,
+        batch_size=batch_size,
+        steps=steps,
+        guidance_scale=guidance,
+        compile=compile,
+        timed_runs=runs,
+        warmup=warmup,
+        threads=threads,
+    )
+
+
+@app.command("eval")
+def eval_(
+    model: Annotated[str, typer.Option(help="'miniature', a pipeline folder or hub id.")],
+    metric: Annotated[str, typer.Option(help="miniature, hpsv2, pickscore, clip, fidelity.")] = (
+        "miniature"
+    ),
+    num_prompts: Annotated[int | None, typer.Option(help="First N prompts of the set.")] = None,
+    weights: Annotated[str | None, typer.Option(help="Metric weights: file, folder or id.")] = None,
+    prompts: Annotated[str | None, typer.Option(help="Metric prompts: file or folder.")] = None,
+    reference: Annotated[str | None, typer.Option(help="Uncompressed model (fidelity).")] = None,
+    device: _Device = "cpu",
+    dtype: _DType = None,
+    resolution: _Res = None,
+    batch_size: Annotated[int, typer.Option(help="Images per call.")] = 1,
+    steps: _Steps = None,
+    guidance: _Guid = None,
+    runs: _Runs = 5,
+    threads: Annotated[int | None, typer.Option(help="CPU threads (default: torch's).")] = None,
+    seed: Annotated[int, typer.Option(help="Offset added to the metric's seeds.")] = 0,
+    images: Annotated[Path | None, typer.Option(help="Folder to save the images in.")] = None,
+    json_out: _Json = None,
+) -> None:
+    """Quality (a named, versioned metric) and latency of a pipeline."""
+    heavy()
+    from compress.evaluate.commands import run_eval
+
+    run_eval(
+        console,
+        model=model,
+        reference=reference,
+        weights=weights,
+        prompts=prompts,
+        images_dir=images,
+        json_out=json_out,
+        metric=metric,
+        num_prompts=num_prompts,
+        device=device,
+        dtype=dtype,
+        resolution=resolution,
+        batch_size=batch_size,
+        steps=steps,
+        guidance_scale=guidance,
+        timed_runs=runs,
+        threads=threads,
+        seed=seed,
+    )
+
+
 # --- search commands (search, report) ---
 
 # --- compression analysis commands (sensitivity, ...) ---

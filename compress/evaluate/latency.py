@@ -1,0 +1,175 @@
+"""End-to-end and per-component latency of a pipeline: warm-up, then N timed runs on the device."""
+
+from __future__ import annotations
+
+import inspect
+import platform
+import statistics
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, Field
+
+from compress.errors import CompressError
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
+
+    from compress.evaluate.settings import EvalSettings
+
+
+class LatencyResult(BaseModel):
+    """Every timing of one measurement, with the device and software it was taken on."""
+
+    median_ms: float
+    spread_ms: float  # interquartile range of `runs_ms`
+    runs_ms: list[float]
+    components_ms: dict[str, float]  # per-component medians; "other" is the rest of a run
+    component_runs_ms: dict[str, list[float]]
+    calls_per_run: dict[str, int]  # e.g. denoiser: steps (one batched call per step with CFG)
+    warmup_ms: list[float] = Field(default_factory=list)
+    compile_ms: float | None = None  # first (compiling) run minus the median; None without compile
+    peak_memory_mb: float | None = None
+    device: str
+    device_name: str
+    threads: int
+    settings: dict[str, Any]
+    versions: dict[str, str]
+
+    def agrees_with(self, other: LatencyResult) -> bool:
+        """True when the medians differ by no more than the two spreads together."""
+        return abs(self.median_ms - other.median_ms) <= self.spread_ms + other.spread_ms
+
+
+def iqr(values: list[float]) -> float:
+    """Interquartile range (linear interpolation between order statistics); 0 for one value."""
+    if len(values) < 2:
+        return 0.0
+    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q3 - q1
+
+
+def call_kwargs(pipe: DiffusionPipeline, settings: EvalSettings) -> dict[str, Any]:
+    """Resolution, steps and guidance to call the pipeline with: settings, else its own defaults."""
+    from compress.generate import call_defaults
+
+    recorded = call_defaults(pipe)
+    params = inspect.signature(pipe.__call__).parameters
+
+    def pick(key: str, given: Any) -> Any:
+        if given is not None:
+            return given
+        return recorded.get(key, params[key].default)
+
+    factor = pipe.vae_scale_factor
+    size = settings.resolution or pipe.unet.config.sample_size * factor
+    if size % 8:
+        raise CompressError(f"resolution {size} must be a multiple of 8")
+    return {
+        "height": size,
+        "width": size,
+        "num_inference_steps": pick("num_inference_steps", settings.steps),
+        "guidance_scale": float(pick("guidance_scale", settings.guidance_scale)),
+    }
+
+
+def resolved_settings(pipe: DiffusionPipeline, settings: EvalSettings, threads: int) -> dict:
+    """The settings as actually run: no None left (dtype, resolution, steps, guidance, threads)."""
+    kw = call_kwargs(pipe, settings)
+    dtype = str(pipe.unet.dtype).removeprefix("torch.")
+    return settings.model_dump() | {
+        "dtype": dtype,
+        "resolution": kw["height"],
+        "steps": kw["num_inference_steps"],
+        "guidance_scale": kw["guidance_scale"],
+        "threads": threads,
+    }
+
+
+def device_name(device: Any) -> str:
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def versions() -> dict[str, str]:
+    import torch
+
+    from compress.recipe import library_versions
+
+    out = library_versions() | {"python": platform.python_version()}
+    if torch.version.cuda:
+        out["cuda"] = torch.version.cuda
+    return out
+
+
+def measure_latency(
+    pipe: DiffusionPipeline, settings: EvalSettings, prompts: list[str] | None = None
+) -> LatencyResult:
+    """Median and spread of `settings.timed_runs` end-to-end calls after `settings.warmup` ones."""
+    import torch
+
+    from compress.evaluate.prompts import GENERAL_PROMPTS
+    from compress.evaluate.timing import Clock, ComponentTimer, compiled, cpu_threads
+
+    if settings.compile and settings.warmup < 1:
+        raise CompressError("compile needs at least one warm-up run (compilation happens in it)")
+    kwargs = call_kwargs(pipe, settings)
+    pool = prompts or GENERAL_PROMPTS
+    batch = [pool[i % len(pool)] for i in range(settings.batch_size)]
+    device = pipe._execution_device
+    clock = Clock(device)
+
+    def run_once(timer: ComponentTimer) -> float:
+        gens = [torch.Generator("cpu").manual_seed(settings.seed + i) for i in range(len(batch))]
+        timer.reset()
+        clock.sync()
+        start = clock.mark()
+        with torch.inference_mode():
+            pipe(prompt=batch, generator=gens, output_type="pil", **kwargs)
+        end = clock.mark()
+        clock.sync()
+        return clock.ms(start, end)
+
+    with cpu_threads(settings.threads) as threads, compiled(pipe, settings.compile):
+        with ComponentTimer(pipe, clock) as timer:
+            warm = [run_once(timer) for _ in range(settings.warmup)]
+            if clock.cuda:
+                torch.cuda.reset_peak_memory_stats(device)
+            runs: list[float] = []
+            parts: dict[str, list[float]] = {}
+            for _ in range(settings.timed_runs):
+                runs.append(run_once(timer))
+                totals = timer.totals_ms()
+                totals["other"] = max(runs[-1] - sum(totals.values()), 0.0)
+                for k, v in totals.items():
+                    parts.setdefault(k, []).append(v)
+            calls = timer.calls()
+        settings_run = resolved_settings(pipe, settings, threads)
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if clock.cuda else None
+    median = statistics.median(runs)
+    return LatencyResult(
+        median_ms=median,
+        spread_ms=iqr(runs),
+        runs_ms=runs,
+        components_ms={k: statistics.median(v) for k, v in parts.items()},
+        component_runs_ms=parts,
+        calls_per_run=calls,
+        warmup_ms=warm,
+        compile_ms=max(warm[0] - median, 0.0) if settings.compile else None,
+        peak_memory_mb=peak,
+        device=str(device),
+        device_name=device_name(device),
+        threads=threads,
+        settings=settings_run,
+        versions=versions(),
+    )

@@ -1,0 +1,91 @@
+"""EvalSettings (how a candidate is measured) and Score (what was measured): plain data."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from compress.evaluate.latency import LatencyResult
+from compress.recipe import Scores
+
+METRICS = ("miniature", "hpsv2", "pickscore", "clip", "fidelity")
+
+
+class EvalSettings(BaseModel):
+    """Device, sampling and measurement settings; recorded with every score.
+
+    `None` means "the pipeline's own": its dtype, its default resolution, and the steps and guidance
+    recorded by a sampler transform (`compress.generate.call_defaults`) or else diffusers' defaults.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    device: str = "cpu"
+    dtype: Literal["float32", "float16", "bfloat16"] | None = None
+    resolution: int | None = Field(None, ge=8, le=4096)
+    batch_size: int = Field(1, ge=1)
+    steps: int | None = Field(None, ge=1, le=1000)
+    guidance_scale: float | None = Field(None, ge=0.0, le=50.0)
+    metric: str = "miniature"
+    num_prompts: int | None = Field(None, ge=1)  # first N prompts of the metric's set
+    timed_runs: int = Field(5, ge=1)
+    warmup: int = Field(1, ge=0)
+    compile: bool = False
+    threads: int | None = Field(None, ge=1)  # CPU threads (torch.set_num_threads); None = as set
+    seed: int = Field(0, ge=0)  # added to the metric's fixed seeds
+
+    @field_validator("metric")
+    @classmethod
+    def _metric(cls, value: str) -> str:
+        if value not in METRICS:
+            raise ValueError(f"unknown metric {value!r}; choose one of {', '.join(METRICS)}")
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        kind, _, index = value.partition(":")
+        if kind not in ("cpu", "cuda", "mps", "xpu") or (index and not index.isdigit()):
+            raise ValueError(f"device {value!r} is not one of cpu, cuda, cuda:N, mps, xpu")
+        return value
+
+
+class Score(BaseModel):
+    """Latency and quality of one pipeline under one EvalSettings.
+
+    `latency_ms` is the median end-to-end time of the timed runs; `latency_spread_ms` is their
+    interquartile range (75th minus 25th percentile). `components_ms` holds per-component medians:
+    text_encoder (all encoders), denoiser (every UNet call of the loop together), vae_decode, and
+    other (scheduler, pre- and post-processing). `peak_memory_mb` is the CUDA allocator's peak over
+    the timed runs (None on CPU, where no per-run peak can be isolated).
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    latency_ms: float
+    latency_spread_ms: float
+    components_ms: dict[str, float] = Field(default_factory=dict)
+    peak_memory_mb: float | None = None
+    quality: float
+    quality_metric: str
+    quality_metric_version: str
+    quality_parts: dict[str, float] = Field(default_factory=dict)
+    higher_is_better: bool = True
+    settings: dict[str, Any] = Field(default_factory=dict)  # resolved: no None left
+    prompts: list[str] = Field(default_factory=list)
+    seeds: list[int] = Field(default_factory=list)
+    images: list[Any] = Field(default_factory=list, exclude=True)  # PIL images, kept for reports
+    latency: LatencyResult | None = None  # every run, compile time, device and library versions
+
+    def to_recipe_scores(self) -> Scores:
+        return Scores(
+            latency_ms=self.latency_ms,
+            latency_spread_ms=self.latency_spread_ms,
+            peak_memory_mb=self.peak_memory_mb,
+            quality=self.quality,
+            quality_metric=self.quality_metric,
+            quality_metric_version=self.quality_metric_version,
+            quality_parts=dict(self.quality_parts),
+            settings=dict(self.settings),
+        )
