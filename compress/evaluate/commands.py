@@ -48,8 +48,10 @@ def load_for(model: str | None, arch: str | None, settings: EvalSettings) -> Dif
             "--arch (sd15, sd21, sdxl)"
         )
     if arch is not None:
+        from compress.evaluate.run import check_device
         from compress.models.archs import build_arch_pipeline
 
+        check_device(settings.device)
         return build_arch_pipeline(arch, device=settings.device, dtype=settings.dtype)
     from compress.evaluate.run import place
     from compress.models.loading import load_pipeline

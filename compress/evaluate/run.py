@@ -14,15 +14,26 @@ if TYPE_CHECKING:
     from compress.evaluate.quality import Metric
 
 
+def check_device(name: str) -> None:
+    """Fail early, in one line, when the device asked for does not exist on this machine."""
+    import torch
+
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise CompressError(f"device {name} asked for, but CUDA is not available here")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise CompressError(f"device {name}: only {torch.cuda.device_count()} GPU(s) here")
+
+
 def place(pipe: DiffusionPipeline, settings: EvalSettings) -> DiffusionPipeline:
     """Move the pipeline to the settings' device and dtype (dtype None: keep the pipeline's)."""
     import torch
 
     from compress.models.loading import parse_dtype
 
+    check_device(settings.device)
     device = torch.device(settings.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise CompressError(f"device {settings.device} asked for, but CUDA is not available here")
     dtype = parse_dtype(settings.dtype)
     if pipe.unet.device.type == "meta":
         raise CompressError(

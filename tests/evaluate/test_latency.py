@@ -131,3 +131,43 @@ def test_cuda_events_memory_and_compile(tiny_pipe) -> None:
     assert r.compile_ms is not None and r.device.startswith("cuda")
     assert r.device_name == torch.cuda.get_device_name()
     assert 0 < sum(r.components_ms[k] for k in ("text_encoder", "denoiser", "vae_decode"))
+
+
+def test_baselines_table_lists_every_case(tiny_pipe) -> None:
+    from compress.evaluate.baselines import COLUMNS, markdown
+
+    plain = measure_latency(tiny_pipe, EvalSettings(**FAST, timed_runs=2))
+    compiled = plain.model_copy(
+        update={"compile_ms": 61_500.0, "settings": {**plain.settings, "compile": True}}
+    )
+    text = markdown([("sd15", plain), ("sd15", compiled)], "python -m compress.evaluate.baselines")
+    rows = [line for line in text.splitlines() if line.startswith("| sd15 |")]
+    assert len(rows) == 2 and "| no |" in rows[0] and "| yes |" in rows[1]
+    assert "61.5" in rows[1] and f"{plain.median_ms:.1f} ± {plain.spread_ms:.1f}" in rows[0]
+    assert all(c in text for c in COLUMNS) and plain.device_name in text
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA error")
+def test_cuda_requested_without_cuda_is_one_clear_error(tmp_path: Path) -> None:
+    from compress.evaluate.commands import run_bench
+
+    with pytest.raises(CompressError, match="CUDA is not available"):
+        run_bench(
+            Console(file=io.StringIO()),
+            model=None,
+            arch="sd15",
+            json_out=None,
+            device="cuda",
+            dtype="float16",
+        )
+
+
+@pytest.mark.gpu
+def test_gpu_baselines_script(tmp_path: Path) -> None:
+    from compress.evaluate.baselines import main
+
+    out = tmp_path / "gpu-baselines.md"
+    main(["--device", "cuda", "--runs", "2", "--out", str(out)])
+    text = out.read_text()
+    assert text.count("| sd15 | 512 |") == 2 and text.count("| sdxl | 1024 |") == 2
+    assert len(list((tmp_path / "gpu-baselines").glob("*.json"))) == 4
