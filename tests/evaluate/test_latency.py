@@ -51,6 +51,15 @@ def test_components_add_up_and_count_calls(tiny_pipe) -> None:
     assert r.settings["dtype"] == "float32" and r.settings["guidance_scale"] == 7.5
 
 
+def test_sdxl_times_both_text_encoders() -> None:
+    from compress.models.tiny import build_tiny_sdxl_pipeline
+
+    r = measure_latency(build_tiny_sdxl_pipeline(), EvalSettings(**FAST, timed_runs=1))
+    # two encoders for the prompt; the empty negative prompt is zeros (force_zeros_for_empty_prompt)
+    assert r.calls_per_run == {"text_encoder": 2, "denoiser": 3, "vae_decode": 1}
+    assert r.settings["guidance_scale"] == 5.0  # SDXL's own call default
+
+
 def test_call_defaults_and_guidance_off(tiny_pipe) -> None:
     set_call_defaults(tiny_pipe, num_inference_steps=2, guidance_scale=1.0)
     r = measure_latency(tiny_pipe, EvalSettings(threads=1, timed_runs=1, warmup=0))
