@@ -42,7 +42,7 @@ def latency_table(result: LatencyResult, title: str) -> Table:
 def _caption(result: LatencyResult) -> str:
     s = result.settings
     parts = [
-        f"{result.device_name} ({result.device}, {result.threads} CPU threads)",
+        f"{result.device_name} ({result.device}, CPU threads: {result.threads})",
         f"{s['dtype']}, {s['resolution']} px, batch {s['batch_size']}, {s['steps']} steps, "
         f"guidance {s['guidance_scale']}",
         f"median of {len(result.runs_ms)} runs after {len(result.warmup_ms)} warm-up; ± is the IQR",
