@@ -8,7 +8,7 @@ from compress.context import RunContext
 from compress.errors import FingerprintMismatch, RecipeError, RestoreMismatch
 from compress.models.fingerprint import fingerprint
 from compress.recipe import Recipe, Record, library_versions
-from compress.transforms.base import spec_of
+from compress.transforms.base import Stage, spec_of
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
@@ -34,6 +34,7 @@ def apply_recipe(pipe: DiffusionPipeline, recipe: Recipe, ctx: RunContext | None
     ctx = ctx or RunContext()
     check_fingerprint(pipe, recipe)
     base = fingerprint(pipe)
+    _keep_teacher(pipe, recipe, ctx)
     records = [
         Record(kind=cfg.kind, metadata=spec_of(cfg).apply(pipe, cfg, ctx))
         for cfg in recipe.transforms
@@ -42,12 +43,30 @@ def apply_recipe(pipe: DiffusionPipeline, recipe: Recipe, ctx: RunContext | None
     return recipe.model_copy(update={"base": base, "records": records, "provenance": provenance})
 
 
-def restore(pipe: DiffusionPipeline, recipe: Recipe, *, only_replayed: bool = False) -> None:
+def _keep_teacher(pipe: DiffusionPipeline, recipe: Recipe, ctx: RunContext) -> None:
+    """Training transforms distil from the uncompressed model: keep a frozen copy of it."""
+    import copy
+
+    if ctx.teacher is None and any(spec_of(c).stage == Stage.training for c in recipe.transforms):
+        ctx.teacher = copy.deepcopy(pipe)
+
+
+def restore(
+    pipe: DiffusionPipeline,
+    recipe: Recipe,
+    *,
+    only_replayed: bool = False,
+    ctx: RunContext | None = None,
+) -> None:
     """Replay the recorded metadata exactly; raise where the model does not match it.
 
     With `only_replayed`, only transforms whose effect is not saved in diffusers configs run
     (used when loading an artifact whose folder already holds the transformed structure).
+    Transforms without a restore function are re-run with `ctx` (their data and teacher).
     """
+    ctx = ctx or RunContext()
+    if not only_replayed and any(spec_of(c).restore is None for c in recipe.transforms):
+        _keep_teacher(pipe, recipe, ctx)
     if len(recipe.records) != len(recipe.transforms):
         raise RecipeError(
             f"recipe {recipe.name!r} has no recorded metadata for its transforms; "
@@ -60,7 +79,7 @@ def restore(pipe: DiffusionPipeline, recipe: Recipe, *, only_replayed: bool = Fa
         if spec.restore is not None:
             spec.restore(pipe, cfg, record.metadata)
             continue
-        got = spec.apply(pipe, cfg, RunContext())
+        got = spec.apply(pipe, cfg, ctx)
         if got != record.metadata:
             keys = sorted(
                 k for k in {*got, *record.metadata} if got.get(k) != record.metadata.get(k)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from compress.apply import restore
 from compress.errors import CompressError
 from compress.recipe import Recipe, load_recipe, save_recipe
+from compress.transforms.base import spec_of
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
@@ -27,9 +28,9 @@ def save_artifact(
         raise CompressError(
             f"{out} already exists and is not empty; pass --overwrite or a new --out"
         )
-    if not recipe.native:
-        kinds = [t.kind for t in recipe.transforms]
-        raise CompressError(f"saving transforms {kinds} outside diffusers formats is not supported")
+    stuck = [t.kind for t in recipe.transforms if not spec_of(t).native and not spec_of(t).restore]
+    if stuck:
+        raise CompressError(f"saving transforms {stuck} outside diffusers formats is not supported")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
     try:
@@ -62,6 +63,28 @@ def load_artifact(folder: str | os.PathLike[str], **kwargs: Any) -> DiffusionPip
     for record in recipe.records:  # e.g. quantized weights that diffusers would load as bfloat16
         if "load_dtype" in record.metadata:
             kwargs.setdefault("dtype", record.metadata["load_dtype"])
-    pipe = load_pipeline(str(folder), **kwargs)
+    if recipe.native:
+        pipe = load_pipeline(str(folder), **kwargs)
+        restore(pipe, recipe, only_replayed=True)
+        return pipe
+    return _load_restructured(folder, recipe, **kwargs)
+
+
+def _load_restructured(folder: Path, recipe: Recipe, **kwargs: Any) -> DiffusionPipeline:
+    """Non-native structure: build the denoiser from its saved config, replay the recorded
+    transforms on it (e.g. pruned channels), then load its weights from safetensors."""
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import load_file
+
+    from compress.models.loading import load_pipeline, parse_dtype
+
+    unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet"))
+    pipe = load_pipeline(str(folder), unet=unet, **kwargs)
     restore(pipe, recipe, only_replayed=True)
+    state: dict[str, Any] = {}
+    for f in sorted((folder / "unet").glob("*.safetensors")):
+        state.update(load_file(f))
+    pipe.unet.load_state_dict(state, strict=True)
+    dtype = parse_dtype(kwargs.get("dtype")) or next(iter(state.values())).dtype
+    pipe.unet.to(dtype=dtype)
     return pipe

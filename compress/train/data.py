@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
     from torch.utils.data import DataLoader
 
+    from compress.context import RunContext
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
@@ -141,6 +143,31 @@ def miniature_digits(n: int, seed: int) -> tuple[torch.Tensor, list[str]]:
     pick = rng.choice(len(labels), size=n, replace=n > len(labels))
     attrs = digits.sample_attributes(rng, labels[pick])
     return digits.compose(glyphs[pick], attrs), digits.random_prompts(rng, attrs)
+
+
+def speaks_miniature(pipe: DiffusionPipeline) -> bool:
+    """True when the pipeline's tokenizer is the built-in miniature's (its digits prompts fit)."""
+    try:
+        from compress.models.miniature.build import build_tokenizer
+    except ImportError:  # a build without the miniature
+        return False
+    tok = getattr(pipe, "tokenizer", None)
+    return tok is not None and tok.get_vocab() == build_tokenizer().get_vocab()
+
+
+def calibration_prompts(pipe: DiffusionPipeline, ctx: RunContext, n: int) -> list[str]:
+    """`n` prompts: the run's own, else the miniature's digits prompts when the pipeline is it."""
+    import numpy as np
+
+    if ctx.prompts:
+        return [ctx.prompts[i % len(ctx.prompts)] for i in range(n)]
+    if speaks_miniature(pipe):
+        from compress.models.miniature import data as digits
+
+        rng = np.random.default_rng(ctx.seed)
+        _, labels = digits.load_split("train")
+        return digits.random_prompts(rng, digits.sample_attributes(rng, rng.choice(labels, n)))
+    raise CompressError("calibration needs prompts: pass them in the run context (prompts=[...])")
 
 
 def build_dataset(

@@ -8,14 +8,11 @@ if TYPE_CHECKING:
     import torch
     from diffusers import UNet2DConditionModel
 
-    from compress.context import RunContext
-
-# ctx.cache keys the structure transforms fill for feature distillation:
-# FEATURE_PAIRS: [(student module, teacher module)] stage outputs to match (BK-SDM);
-# FEATURE_CHANNELS: {student module: teacher channel indices its output channels kept}.
-FEATURE_PAIRS = "unet_feature_pairs"
-FEATURE_CHANNELS = "unet_feature_channels"
-
+# Set on a pruned UNet for feature distillation against its unpruned ancestor (BK-SDM):
+# FEATURE_PAIRS: [(student module, teacher module)] stage outputs to match;
+# FEATURE_CHANNELS: {student module: the teacher channel indices its output channels kept}.
+FEATURE_PAIRS = "_compress_feature_pairs"
+FEATURE_CHANNELS = "_compress_feature_channels"
 
 def as_list(value: Any, n: int) -> list[Any]:
     """A per-block config value (int or tuple, as diffusers accepts either) as a list of n."""
@@ -64,6 +61,9 @@ def stage_names(unet: UNet2DConditionModel) -> list[str]:
 def output_layer(unet: UNet2DConditionModel, stage: str) -> str:
     """The conv/linear whose output channels are the channels of a stage's output."""
     block = unet.get_submodule(stage)
+    for leaf in ("proj_out", "conv2"):  # a single attention or resnet module
+        if hasattr(block, leaf):
+            return f"{stage}.{leaf}"
     for sampler in ("downsamplers", "upsamplers"):
         if getattr(block, sampler, None):
             return f"{stage}.{sampler}.0.conv"
@@ -73,9 +73,14 @@ def output_layer(unet: UNet2DConditionModel, stage: str) -> str:
     return f"{stage}.resnets.{len(block.resnets) - 1}.conv2"
 
 
-def feature_pairs(ctx: RunContext, student: UNet2DConditionModel) -> list[tuple[str, str]]:
-    """Recorded (student, teacher) stage pairs, or the student's stages matched by name."""
-    return list(ctx.cache.get(FEATURE_PAIRS) or [(n, n) for n in stage_names(student)])
+def feature_pairs(unet: UNet2DConditionModel) -> list[tuple[str, str]]:
+    """Recorded (student, teacher) stage pairs, or the UNet's stages matched by name."""
+    pairs = getattr(unet, FEATURE_PAIRS, None)
+    return [tuple(p) for p in pairs] if pairs else [(n, n) for n in stage_names(unet)]
+
+
+def feature_channels(unet: UNet2DConditionModel) -> dict[str, list[int]]:
+    return dict(getattr(unet, FEATURE_CHANNELS, None) or {})
 
 
 def count_params(module: torch.nn.Module) -> int:

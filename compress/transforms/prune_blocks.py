@@ -237,7 +237,7 @@ def _pairs(new: UNet2DConditionModel, plan: dict[str, Any]) -> list[tuple[str, s
 
 
 def _prune(
-    pipe: DiffusionPipeline, names: list[str], depth: dict[str, int], ctx: RunContext | None
+    pipe: DiffusionPipeline, names: list[str], depth: dict[str, int]
 ) -> Metadata:
     import torch
     from diffusers import UNet2DConditionModel
@@ -271,8 +271,7 @@ def _prune(
     new.load_state_dict(state, strict=True, assign=True)
     new.train(unet.training)
     pipe.register_modules(unet=new)
-    if ctx is not None:
-        ctx.cache[FEATURE_PAIRS] = _pairs(new, plan)
+    setattr(new, FEATURE_PAIRS, _pairs(new, plan))
     return {
         "removed": sorted(names),
         "transformer_depth": dict(sorted(depth.items())),
@@ -300,7 +299,7 @@ def _restore(pipe: DiffusionPipeline, cfg: PruneBlocksConfig, metadata: Metadata
             f"{before.get('layers_per_block')} and {before.get('params')} "
             f"parameters; this one has {got} and {count_params(unet)}"
         )
-    _prune(pipe, list(metadata["removed"]), dict(metadata["transformer_depth"]), None)
+    _prune(pipe, list(metadata["removed"]), dict(metadata["transformer_depth"]))
 
 
 @register_transform(PruneBlocksConfig, stage=Stage.structure, native=True, restore=_restore)
@@ -308,4 +307,4 @@ def apply_prune_blocks(
     pipe: DiffusionPipeline, cfg: PruneBlocksConfig, ctx: RunContext
 ) -> Metadata:
     """Remove the configured blocks and rebuild the UNet from a standard config."""
-    return _prune(pipe, resolve(pipe.unet, cfg), dict(cfg.transformer_depth), ctx)
+    return _prune(pipe, resolve(pipe.unet, cfg), dict(cfg.transformer_depth))

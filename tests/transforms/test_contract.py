@@ -16,7 +16,9 @@ from compress.models.artifact import load_artifact, save_artifact
 from compress.models.tiny import build_tiny_pipeline
 from compress.recipe import Recipe, load_recipe
 from compress.transforms.base import TransformConfig, config_adapter, registry
+from compress.transforms.distill import DistillConfig
 from compress.transforms.prune_blocks import PruneBlocksConfig
+from compress.transforms.prune_channels import PruneChannelsConfig
 from compress.transforms.quantize import QuantizeConfig
 from compress.transforms.sampler import SamplerConfig
 
@@ -27,6 +29,11 @@ SEEDS = [0, 1]
 EXAMPLES: dict[str, tuple[TransformConfig, Callable[[], RunContext]]] = {
     "sampler": (SamplerConfig(scheduler="euler", steps=3, guidance_scale=4.0), RunContext),
     "prune_blocks": (PruneBlocksConfig(preset="small"), RunContext),
+    "prune_channels": (PruneChannelsConfig(ratio=0.25), RunContext),
+    "distill": (
+        DistillConfig(steps=2, batch_size=2, samples=2, teacher_steps=2),
+        lambda: RunContext(prompts=PROMPTS),
+    ),
     "quantize": (
         QuantizeConfig(
             rules=[
@@ -80,5 +87,5 @@ def test_apply_save_reload_identical(kind: str, tmp_path: Path) -> None:
         np.testing.assert_array_equal(images(plain, **call_defaults(pipe)), before)
 
     fresh = build_tiny_pipeline()
-    restore(fresh, applied)
+    restore(fresh, applied, ctx=make_ctx())  # transforms re-run from data get it again
     np.testing.assert_array_equal(images(fresh), before)

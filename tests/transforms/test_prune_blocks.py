@@ -1,4 +1,4 @@
-"""prune_blocks: BK-SDM presets and explicit names, standard configs, exact restore, clear errors."""
+"""prune_blocks: BK-SDM presets and names, standard configs, exact restore, clear errors."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from compress.context import RunContext
 from compress.errors import CompressError, RecipeError
 from compress.models.tiny import build_tiny_pipeline, build_tiny_sdxl_pipeline
 from compress.recipe import Recipe, parse_recipe
-from compress.transforms._unet import FEATURE_PAIRS, count_params, example_inputs, forward
+from compress.transforms._unet import count_params, example_inputs, feature_pairs, forward
 from compress.transforms.prune_blocks import PruneBlocksConfig, apply_prune_blocks
 
 CONFIGS = [
@@ -97,7 +97,7 @@ def test_small_preset_copies_bk_sdm_pairs_and_lowers_params() -> None:
     torch.testing.assert_close(
         new["up_blocks.0.resnets.1.conv1.weight"], old["up_blocks.0.resnets.2.conv1.weight"]
     )
-    assert ctx.cache[FEATURE_PAIRS][-1] == ("up_blocks.1", "up_blocks.1")
+    assert feature_pairs(unet)[-1] == ("up_blocks.1", "up_blocks.1")
     assert forward(unet, example_inputs(unet)).shape[1] == 4
 
 

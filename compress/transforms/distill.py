@@ -1,0 +1,195 @@
+"""Recovery after pruning by knowledge distillation from the uncompressed teacher: denoising
+task loss, output loss and feature loss at every stage's output (BK-SDM, Kim et al. 2023)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import Field, model_validator
+
+from compress.context import RunContext
+from compress.errors import CompressError
+from compress.transforms._unet import feature_channels, feature_pairs
+from compress.transforms.base import Metadata, Stage, TransformConfig, register_transform
+
+if TYPE_CHECKING:
+    import torch
+    from diffusers import DiffusionPipeline
+    from torch import nn
+
+DataSource = Literal["auto", "images", "prompts", "miniature-digits"]
+
+
+class DistillConfig(TransformConfig):
+    """Steps and loss weights of the recovery fine-tune, and where its training images come from.
+
+    data: `images` (the run's folder of images with captions), `prompts` (the run's prompts, the
+    teacher generating the images), `miniature-digits` (the built-in miniature's training set),
+    or `auto`: images if a folder is given, else prompts if given, else the digits when the
+    pipeline is the miniature.
+    """
+
+    kind: Literal["distill"] = "distill"
+    steps: int = Field(200, ge=1, le=1_000_000)
+    batch_size: int = Field(16, ge=1, le=4096)
+    grad_accum: int = Field(1, ge=1, le=1024)
+    lr: float = Field(1e-4, gt=0.0, le=1.0)
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    task_weight: float = Field(1.0, ge=0.0)  # denoising loss against the true noise
+    output_weight: float = Field(1.0, ge=0.0)  # student output vs teacher output
+    feature_weight: float = Field(1.0, ge=0.0)  # stage outputs vs the teacher's
+    data: DataSource = "auto"
+    samples: int = Field(256, ge=1, le=1_000_000)  # images to generate or draw (not `images`)
+    teacher_steps: int = Field(20, ge=1, le=1000)  # sampler steps per teacher-generated image
+    uncond_prob: float = Field(0.1, ge=0.0, le=1.0)  # prompt dropout keeps guidance working
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _some_loss(self) -> DistillConfig:
+        if self.task_weight + self.output_weight + self.feature_weight <= 0:
+            raise ValueError("one of task_weight, output_weight, feature_weight must be > 0")
+        return self
+
+
+def _source(pipe: DiffusionPipeline, cfg: DistillConfig, ctx: RunContext) -> str:
+    from compress.train.data import speaks_miniature
+
+    if cfg.data != "auto":
+        return cfg.data
+    if ctx.data is not None:
+        return "images"
+    if ctx.prompts:
+        return "prompts"
+    if speaks_miniature(pipe):
+        return "miniature-digits"
+    raise CompressError(
+        "distill needs training data: give a folder of images with captions "
+        "(RunContext.data) or prompts for the teacher to draw (RunContext.prompts)"
+    )
+
+
+class _Features:
+    """Forward hooks keeping the output of each paired stage of student and teacher."""
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, pairs: list[tuple[str, str]]):
+        self.s: dict[str, torch.Tensor] = {}
+        self.t: dict[str, torch.Tensor] = {}
+        self.handles = [
+            student.get_submodule(a).register_forward_hook(self._keep(self.s, a)) for a, _ in pairs
+        ]
+        self.handles += [
+            teacher.get_submodule(b).register_forward_hook(self._keep(self.t, b)) for _, b in pairs
+        ]
+
+    @staticmethod
+    def _keep(store: dict[str, Any], name: str) -> Any:
+        def hook(module: nn.Module, args: Any, out: Any) -> None:
+            store[name] = out[0] if isinstance(out, tuple) else out  # down blocks: (h, skips)
+
+        return hook
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def _loss_fn(
+    cfg: DistillConfig,
+    sched: Any,
+    uncond: dict[str, torch.Tensor],
+    feats: _Features,
+    pairs: list[tuple[str, str]],
+    channels: dict[str, list[int]],
+) -> Any:
+    import torch
+    import torch.nn.functional as F
+
+    from compress.train.diffusion import noisy, unet_kwargs
+
+    def loss_fn(student: nn.Module, teacher: nn.Module, batch: dict[str, torch.Tensor]) -> Any:
+        latents = batch.pop("latents")  # (B, C, h, w)
+        x_t, t, target = noisy(sched, latents)
+        drop = torch.rand(latents.shape[0], device=latents.device) < cfg.uncond_prob
+        cond = {
+            k: torch.where(drop.view(-1, *[1] * (v.dim() - 1)), uncond[k].to(v), v)
+            for k, v in batch.items()
+        }
+        out = student(x_t, t, **unet_kwargs(cond), return_dict=False)[0]
+        with torch.no_grad():  # the teacher may sit in half precision
+            tc = {k: v.to(teacher.dtype) for k, v in cond.items()}
+            ref = teacher(x_t.to(teacher.dtype), t, **unet_kwargs(tc), return_dict=False)[0]
+        task, kd = F.mse_loss(out.float(), target.float()), F.mse_loss(out.float(), ref.float())
+        feat = out.new_zeros((), dtype=torch.float32)
+        for a, b in pairs:
+            fs, ft = feats.s[a], feats.t[b]
+            if a in channels:
+                ft = ft[:, channels[a]]
+            feat = feat + F.mse_loss(fs.float(), ft.float())
+        loss = cfg.task_weight * task + cfg.output_weight * kd + cfg.feature_weight * feat
+        return loss, {"task": task.item(), "out": kd.item(), "feat": feat.item()}
+
+    return loss_fn
+
+
+@register_transform(DistillConfig, stage=Stage.training, native=True)
+def apply_distill(pipe: DiffusionPipeline, cfg: DistillConfig, ctx: RunContext) -> Metadata:
+    """Fine-tune the (pruned) UNet towards the teacher on the shared training loop."""
+    import torch
+
+    from compress.train import TrainSettings, train
+    from compress.train.data import build_dataset
+    from compress.train.diffusion import training_scheduler
+
+    teacher = ctx.teacher
+    if teacher is None:
+        raise CompressError("distill needs the uncompressed teacher pipeline (RunContext.teacher)")
+    source = _source(pipe, cfg, ctx)
+    data, info = build_dataset(
+        teacher,
+        source,
+        n=cfg.samples,
+        seed=cfg.seed,
+        folder=ctx.data,
+        prompts=ctx.prompts,
+        teacher=teacher,
+        teacher_steps=cfg.teacher_steps,
+    )
+    student = pipe.unet
+    pairs, channels = feature_pairs(student), feature_channels(student)
+    missing = [b for _, b in pairs if b not in dict(teacher.unet.named_modules())]
+    if missing:
+        raise CompressError(f"the teacher has no modules {missing}: is it the uncompressed model?")
+    dtype = student.dtype
+    if dtype != torch.float32:  # optimizer state and updates in full precision
+        student.float()
+    feats = _Features(student, teacher.unet, pairs)
+    settings = TrainSettings(
+        steps=cfg.steps,
+        lr=cfg.lr,
+        grad_accum=cfg.grad_accum,
+        mixed_precision=cfg.mixed_precision,
+        seed=cfg.seed,
+        description="distill",
+    )
+    folder = ctx.out_dir / "distill" if ctx.out_dir is not None else None
+    try:
+        loss = _loss_fn(cfg, training_scheduler(teacher), data.uncond, feats, pairs, channels)
+        result = train(
+            student,
+            loss,
+            data.loader(cfg.batch_size, cfg.seed),
+            settings,
+            teacher=teacher.unet,
+            folder=folder,
+        )
+    finally:
+        feats.remove()
+        if dtype != torch.float32:
+            student.to(dtype)
+    ctx.cache["distill"] = result
+    return {
+        "data": info,
+        "steps": result.steps,
+        "batch_size": min(cfg.batch_size, len(data)),
+        "features": [list(p) for p in pairs],
+    }

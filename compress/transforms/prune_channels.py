@@ -1,0 +1,312 @@
+"""Structured channel pruning of the UNet with torch-pruning's dependency graph (DepGraph, Fang
+et al. 2023), magnitude or Taylor importance (Diff-Pruning, Fang et al. 2023)."""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import Field, field_validator
+
+from compress.context import RunContext
+from compress.errors import CompressError, MissingExtra, RestoreMismatch
+from compress.transforms._unet import (
+    FEATURE_CHANNELS,
+    count_params,
+    example_inputs,
+    feature_channels,
+    feature_pairs,
+    forward,
+    output_layer,
+)
+from compress.transforms.base import Metadata, Stage, TransformConfig, register_transform
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline, UNet2DConditionModel
+    from torch import nn
+
+PROTECTED = ("conv_in", "time_proj", "time_embedding", "add_embedding", "conv_norm_out", "conv_out")
+
+
+class PruneChannelsConfig(TransformConfig):
+    """Fraction of channels removed from every prunable group, optionally per resolution stage.
+
+    `stage_ratios[i]` applies to down_blocks.i and its mirror up block (the mid block takes the
+    innermost stage's). GroupNorm groups and attention heads are pruned uniformly so both stay
+    valid; skip connections prune together with what they feed. `ignore` lists modules (names or
+    `re:` patterns) whose output channels stay, by default the input/output convolutions and
+    the time and added-condition embeddings.
+    """
+
+    kind: Literal["prune_channels"] = "prune_channels"
+    ratio: float = Field(0.25, ge=0.0, lt=1.0)
+    stage_ratios: tuple[float, ...] | None = None
+    importance: Literal["magnitude", "taylor"] = "magnitude"
+    prune_heads: bool = False  # remove whole attention heads instead of dimensions of each head
+    calibration_prompts: int = Field(8, ge=1, le=1024)  # Taylor: images the pipeline generates
+    calibration_steps: int = Field(10, ge=1, le=200)  # Taylor: sampler steps per image
+    ignore: tuple[str, ...] = PROTECTED
+
+    @field_validator("stage_ratios")
+    @classmethod
+    def _ratios(cls, value: tuple[float, ...] | None) -> tuple[float, ...] | None:
+        if value is not None and not all(0.0 <= r < 1.0 for r in value):
+            raise ValueError(f"every stage ratio must be in [0, 1), got {list(value)}")
+        return value
+
+    @field_validator("ignore")
+    @classmethod
+    def _patterns(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for v in value:
+            if v.startswith("re:"):
+                try:
+                    re.compile(v[3:])
+                except re.error as exc:
+                    raise ValueError(f"{v!r} is not a valid regular expression: {exc}") from None
+        return value
+
+
+def _ignored(unet: nn.Module, patterns: tuple[str, ...]) -> list[nn.Module]:
+    names = dict(unet.named_modules())
+    out = []
+    for pat in patterns:
+        hits = (
+            [m for n, m in names.items() if n and re.fullmatch(pat[3:], n)]
+            if pat.startswith("re:")
+            else [names[pat]]
+            if pat in names
+            else []
+        )
+        if not hits and pat not in PROTECTED:  # SD1.x has no add_embedding: defaults may miss
+            raise CompressError(f"ignore: {pat!r} matches no module of this UNet")
+        out += hits
+    return out
+
+
+def _stage_ratios(unet: UNet2DConditionModel, cfg: PruneChannelsConfig) -> dict[nn.Module, float]:
+    n = len(unet.down_blocks)
+    if cfg.stage_ratios is None:
+        return {}
+    if len(cfg.stage_ratios) != n:
+        raise CompressError(
+            f"stage_ratios has {len(cfg.stage_ratios)} values but this UNet has {n} stages"
+        )
+    out: dict[nn.Module, float] = {}
+    for i, r in enumerate(cfg.stage_ratios):
+        out[unet.down_blocks[i]] = r
+        out[unet.up_blocks[n - 1 - i]] = r
+    if unet.mid_block is not None:
+        out[unet.mid_block] = cfg.stage_ratios[-1]
+    return out
+
+
+def _check_groups(unet: nn.Module, ratios: list[float]) -> None:
+    """Refuse a ratio that would empty a GroupNorm group or an attention head."""
+    from diffusers.models.attention_processor import Attention
+    from torch import nn
+
+    worst = max(ratios)
+    for name, m in unet.named_modules():
+        size = (
+            m.num_channels // m.num_groups
+            if isinstance(m, nn.GroupNorm)
+            else m.to_q.out_features // m.heads
+            if isinstance(m, Attention)
+            else 0
+        )
+        if size and int(size * (1 - worst)) < 1:
+            raise CompressError(
+                f"ratio {worst} would empty the {size}-channel groups of {name}; "
+                f"use a ratio <= {1 - 1 / size:.3g}"
+            )
+
+
+def _taylor_grads(pipe: DiffusionPipeline, cfg: PruneChannelsConfig, ctx: RunContext) -> None:
+    """Accumulate gradients of the denoising loss on latents the pipeline generates itself."""
+    import torch
+
+    from compress.train.data import calibration_prompts, teacher_latents
+    from compress.train.diffusion import encode_prompts, noisy, training_scheduler, unet_kwargs
+
+    prompts = calibration_prompts(pipe, ctx, cfg.calibration_prompts)
+    latents = teacher_latents(pipe, prompts, ctx.seed, cfg.calibration_steps)
+    cond = encode_prompts(pipe, prompts)
+    sched = training_scheduler(pipe)
+    gen = torch.Generator().manual_seed(ctx.seed)
+    unet = pipe.unet
+    unet.zero_grad(set_to_none=True)
+    for i in range(0, len(prompts), 8):
+        sl = slice(i, i + 8)
+        x_t, t, target = noisy(sched, latents[sl].to(unet.device, unet.dtype), gen)
+        c = {k: v[sl].to(unet.device, unet.dtype) for k, v in cond.items()}
+        pred = unet(x_t, t, **unet_kwargs(c), return_dict=False)[0]
+        torch.nn.functional.mse_loss(pred.float(), target.float()).backward()
+
+
+def _sync(unet: nn.Module, head_dims: dict[str, int], whole_heads: bool) -> None:
+    """Bring module attributes in line with pruned weights; keep attention logits' scale."""
+    import torch
+    from diffusers.models.attention_processor import Attention
+    from diffusers.models.downsampling import Downsample2D
+    from diffusers.models.upsampling import Upsample2D
+
+    for name, m in unet.named_modules():
+        if isinstance(m, Upsample2D | Downsample2D) and getattr(m, "conv", None) is not None:
+            m.channels, m.out_channels = m.conv.in_channels, m.conv.out_channels
+        if isinstance(m, Attention) and name in head_dims:
+            if whole_heads:
+                m.heads = m.to_q.out_features // head_dims[name]
+            d_new = m.to_q.out_features // m.heads
+            if d_new != head_dims[name]:  # SDPA scales by the new head dim: fold the old scale in
+                with torch.no_grad():
+                    m.to_q.weight.mul_((d_new / head_dims[name]) ** 0.5)
+                    if m.to_q.bias is not None:
+                        m.to_q.bias.mul_((d_new / head_dims[name]) ** 0.5)
+            m.inner_dim, m.scale = m.to_q.out_features, d_new**-0.5
+    unet._compress_channels_pruned = True
+
+
+def _head_dims(unet: nn.Module) -> dict[str, int]:
+    from diffusers.models.attention_processor import Attention
+
+    return {
+        n: m.to_q.out_features // m.heads
+        for n, m in unet.named_modules()
+        if isinstance(m, Attention)
+    }
+
+
+def _build_pruner(unet: UNet2DConditionModel, cfg: PruneChannelsConfig, tp: Any) -> Any:
+    from diffusers.models.activations import GEGLU
+    from diffusers.models.attention_processor import Attention
+
+    heads: dict[nn.Module, int] = {}
+    groups: dict[nn.Module, int] = {}
+    for m in unet.modules():
+        if isinstance(m, Attention):
+            heads.update({m.to_q: m.heads, m.to_k: m.heads, m.to_v: m.heads})
+        if isinstance(m, GEGLU):  # its projection is chunked into value and gate halves
+            groups[m.proj] = 2
+    imp = (
+        tp.importance.GroupTaylorImportance()
+        if cfg.importance == "taylor"
+        else tp.importance.GroupMagnitudeImportance(p=2)
+    )
+    return tp.pruner.MetaPruner(
+        unet,
+        example_inputs(unet),
+        importance=imp,
+        pruning_ratio=cfg.ratio,
+        pruning_ratio_dict=_stage_ratios(unet, cfg),
+        ignored_layers=_ignored(unet, cfg.ignore),
+        num_heads=heads,
+        out_channel_groups=groups,
+        in_channel_groups={},
+        prune_num_heads=cfg.prune_heads,
+        prune_head_dims=not cfg.prune_heads,
+        head_pruning_ratio=cfg.ratio if cfg.prune_heads else 0.0,
+        head_pruning_ratio_dict=_stage_ratios(unet, cfg) if cfg.prune_heads else None,
+        forward_fn=forward,
+    )
+
+
+def _torch_pruning() -> Any:
+    try:
+        import torch_pruning as tp
+    except ImportError:
+        raise MissingExtra("torch-pruning") from None
+    return tp
+
+
+def _prune_groups(dg: Any, unet: nn.Module, groups: Any) -> None:
+    """Prune `groups` in order and note, on the UNet, which channels each stage output kept."""
+    names = {m: n for n, m in unet.named_modules()}
+    pruned: dict[str, tuple[int, list[int]]] = {}
+    for group in groups:
+        for dep, idxs in group:
+            mod = dep.target.module
+            if dg.is_out_channel_pruning_fn(dep.handler) and mod in names:
+                pruned[names[mod]] = (dg.get_out_channels(mod), [int(i) for i in idxs])
+        group.prune()
+    channels = feature_channels(unet)
+    for student, _teacher in feature_pairs(unet):
+        layer = output_layer(unet, student)
+        if layer in pruned:
+            width, gone = pruned[layer][0], set(pruned[layer][1])
+            kept = [i for i in range(width) if i not in gone]
+            old = channels.get(student)  # pruned twice: indices compose
+            channels[student] = [old[i] for i in kept] if old else kept
+    setattr(unet, FEATURE_CHANNELS, channels)
+
+
+def _prune(pipe: DiffusionPipeline, cfg: PruneChannelsConfig, ctx: RunContext) -> Metadata:
+    tp = _torch_pruning()
+    unet = pipe.unet
+    _check_groups(unet, [cfg.ratio, *(cfg.stage_ratios or ())])
+    _ignored(unet, cfg.ignore)  # names and stage count are checked before any work
+    _stage_ratios(unet, cfg)
+    before, dims = count_params(unet), _head_dims(unet)
+    if cfg.importance == "taylor":
+        _taylor_grads(pipe, cfg, ctx)
+    pruner = _build_pruner(unet, cfg, tp)
+    _prune_groups(pruner.DG, unet, pruner.step(interactive=True))
+    unet.zero_grad(set_to_none=True)
+    _sync(unet, dims, cfg.prune_heads)
+    groups = [
+        {"root": r, "out": bool(o), "kept": _kept(pruner.DG, unet, r, o, idx)}
+        for r, o, idx in pruner.pruning_history()
+    ]
+    return {"groups": groups, "params_before": before, "params": count_params(unet)}
+
+
+def _kept(dg: Any, unet: nn.Module, root: str, out: bool, pruned: list[int]) -> dict[str, Any]:
+    """Kept indices of a pruned root, with the width it had (one-shot: now + len(pruned))."""
+    mod = unet.get_submodule(root)
+    fn = dg.get_pruner_of_module(mod)
+    now = fn.get_out_channels(mod) if out else fn.get_in_channels(mod)
+    gone = {int(i) for i in pruned}
+    total = now + len(gone)
+    return {"channels": total, "indices": [i for i in range(total) if i not in gone]}
+
+
+def _restore(pipe: DiffusionPipeline, cfg: PruneChannelsConfig, metadata: Metadata) -> None:
+    tp = _torch_pruning()
+    unet = pipe.unet
+    if count_params(unet) != metadata.get("params_before"):
+        raise RestoreMismatch(
+            f"prune_channels was recorded on a UNet with "
+            f"{metadata.get('params_before')} parameters; this one has "
+            f"{count_params(unet)}"
+        )
+    dims = _head_dims(unet)
+    dg = tp.DependencyGraph().build_dependency(unet, example_inputs(unet), forward_fn=forward)
+    todo = []
+    for g in metadata["groups"]:
+        mod = unet.get_submodule(g["root"])
+        fn = dg.get_pruner_of_module(mod)
+        have = fn.get_out_channels(mod) if g["out"] else fn.get_in_channels(mod)
+        kept = g["kept"]
+        if have != kept["channels"]:
+            raise RestoreMismatch(
+                f"prune_channels: {g['root']} has {have} channels, the recipe "
+                f"recorded {kept['channels']}"
+            )
+        keep = set(kept["indices"])
+        handler = fn.prune_out_channels if g["out"] else fn.prune_in_channels
+        todo.append((mod, handler, [i for i in range(have) if i not in keep]))
+    # groups are formed one at a time, each after the previous one's pruning (as when recorded)
+    _prune_groups(dg, unet, (dg.get_pruning_group(m, h, i) for m, h, i in todo))
+    _sync(unet, dims, cfg.prune_heads)
+    if count_params(unet) != metadata["params"]:
+        raise RestoreMismatch(
+            "prune_channels: replaying the recorded channels gives "
+            f"{count_params(unet)} parameters, not {metadata['params']}"
+        )
+
+
+@register_transform(PruneChannelsConfig, stage=Stage.structure, native=False, restore=_restore)
+def apply_prune_channels(
+    pipe: DiffusionPipeline, cfg: PruneChannelsConfig, ctx: RunContext
+) -> Metadata:
+    """Prune channels by importance on these weights; record the kept indices of every group."""
+    return _prune(pipe, cfg, ctx)
