@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 FEATURE_PAIRS = "_compress_feature_pairs"
 FEATURE_CHANNELS = "_compress_feature_channels"
 
+
 def as_list(value: Any, n: int) -> list[Any]:
     """A per-block config value (int or tuple, as diffusers accepts either) as a list of n."""
     return list(value) if isinstance(value, list | tuple) else [value] * n

@@ -236,9 +236,7 @@ def _pairs(new: UNet2DConditionModel, plan: dict[str, Any]) -> list[tuple[str, s
     return out + [(f"up_blocks.{j}", f"up_blocks.{j + shift}") for j in range(len(new.up_blocks))]
 
 
-def _prune(
-    pipe: DiffusionPipeline, names: list[str], depth: dict[str, int]
-) -> Metadata:
+def _prune(pipe: DiffusionPipeline, names: list[str], depth: dict[str, int]) -> Metadata:
     import torch
     from diffusers import UNet2DConditionModel
 
