@@ -19,6 +19,7 @@ from compress.transforms.base import TransformConfig, config_adapter, registry
 from compress.transforms.distill import DistillConfig
 from compress.transforms.prune_blocks import PruneBlocksConfig
 from compress.transforms.prune_channels import PruneChannelsConfig
+from compress.transforms.qat import QATConfig
 from compress.transforms.quantize import QuantizeConfig
 from compress.transforms.sampler import SamplerConfig
 
@@ -43,6 +44,16 @@ EXAMPLES: dict[str, tuple[TransformConfig, Callable[[], RunContext]]] = {
             ]
         ),
         RunContext,
+    ),
+    "qat": (
+        QATConfig(
+            rules=[{"match": "up_blocks", "format": "int8_dynamic"}],
+            steps=2,
+            samples=2,
+            batch_size=2,
+            teacher_steps=2,
+        ),
+        lambda: RunContext(prompts=PROMPTS),
     ),
 }
 
