@@ -234,6 +234,44 @@ def eval_(
 # --- compression analysis commands (sensitivity, ...) ---
 
 
+@app.command()
+def sensitivity(
+    model: Annotated[str, typer.Option(help="'miniature', a pipeline folder or hub id.")],
+    metric: Annotated[str, typer.Option(help="fidelity, miniature, hpsv2, pickscore, clip.")] = (
+        "fidelity"
+    ),
+    formats: Annotated[str, typer.Option(help="Comma-separated quantization formats.")] = (
+        "int8_dynamic,intx4_weight_only"
+    ),
+    out: Annotated[Path, typer.Option(help="Table to write (.csv or .json).")] = Path(
+        "reports/sensitivity.csv"
+    ),
+    num_prompts: Annotated[int | None, typer.Option(help="First N prompts of the set.")] = None,
+    steps: Annotated[int | None, typer.Option(help="Denoising steps (default: the model's).")] = (
+        None
+    ),
+    weights: Annotated[str | None, typer.Option(help="Metric weights: file, folder or id.")] = None,
+    prompts: Annotated[str | None, typer.Option(help="Metric prompts: file or folder.")] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ...")] = "cpu",
+) -> None:
+    """Quantize one denoiser block at a time and measure the quality (or fidelity) drop."""
+    heavy()
+    from compress.transforms.sensitivity import run_sensitivity
+
+    run_sensitivity(
+        console,
+        model=model,
+        metric=metric,
+        formats=[f.strip() for f in formats.split(",") if f.strip()],
+        out=out,
+        weights=weights,
+        prompts=prompts,
+        num_prompts=num_prompts,
+        steps=steps,
+        device=device,
+    )
+
+
 def main() -> None:
     """Entry point: user errors print one line (full traceback with --verbose)."""
     from compress.errors import CompressError
