@@ -62,23 +62,42 @@ def apply(
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ...")] = "cpu",
     dtype: Annotated[str | None, typer.Option(help="float32, float16 or bfloat16.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing --out folder.")] = False,
+    data: Annotated[
+        Path | None,
+        typer.Option(help="Training images with captions (<image>.txt or metadata.jsonl)."),
+    ] = None,
+    prompts: Annotated[
+        Path | None,
+        typer.Option(help="Prompts file, one per line: calibration, or images the teacher draws."),
+    ] = None,
+    work_dir: Annotated[
+        Path | None, typer.Option(help="Checkpoints of training transforms; rerun to resume.")
+    ] = None,
 ) -> None:
     """Apply RECIPE to a checkpoint and save the result as a loadable folder."""
+    from compress.errors import CompressError
     from compress.models.loading import resolve
     from compress.recipe import load_recipe
 
     parsed = load_recipe(recipe)  # fail on bad input before the slow imports
     resolve(model)
+    if data is not None and not data.is_dir():
+        raise CompressError(f"--data {data} is not a folder of images with captions")
+    if prompts is not None and not prompts.is_file():
+        raise CompressError(f"--prompts {prompts} does not exist")
+    lines = [p.strip() for p in prompts.read_text().splitlines()] if prompts else []
     heavy()
     from compress.apply import apply_recipe
+    from compress.context import RunContext
     from compress.models.artifact import save_artifact
     from compress.models.loading import load_pipeline
 
     with console.status(f"loading {model}"):
         pipe = load_pipeline(model, device=device, dtype=dtype)
-    with console.status(f"applying {parsed.name} ({len(parsed.transforms)} transforms)"):
-        applied = apply_recipe(pipe, parsed)
-        applied.provenance = applied.provenance.model_copy(update={"source_model": model})
+    console.print(f"applying {parsed.name} ({len(parsed.transforms)} transforms)")
+    ctx = RunContext(device=device, data=data, prompts=[p for p in lines if p], out_dir=work_dir)
+    applied = apply_recipe(pipe, parsed, ctx)  # training transforms show their own progress
+    applied.provenance = applied.provenance.model_copy(update={"source_model": model})
     with console.status(f"saving to {out}"):
         save_artifact(pipe, applied, out, overwrite=overwrite)
     console.print(f"[green]wrote[/green] {out}")

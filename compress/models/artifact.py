@@ -86,5 +86,6 @@ def _load_restructured(folder: Path, recipe: Recipe, **kwargs: Any) -> Diffusion
         state.update(load_file(f))
     pipe.unet.load_state_dict(state, strict=True)
     dtype = parse_dtype(kwargs.get("dtype")) or next(iter(state.values())).dtype
-    pipe.unet.to(dtype=dtype)
+    if pipe.unet.dtype != dtype:
+        pipe.unet.to(dtype=dtype)
     return pipe

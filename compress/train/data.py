@@ -167,7 +167,7 @@ def calibration_prompts(pipe: DiffusionPipeline, ctx: RunContext, n: int) -> lis
         rng = np.random.default_rng(ctx.seed)
         _, labels = digits.load_split("train")
         return digits.random_prompts(rng, digits.sample_attributes(rng, rng.choice(labels, n)))
-    raise CompressError("calibration needs prompts: pass them in the run context (prompts=[...])")
+    raise CompressError("calibration needs prompts: --prompts FILE (RunContext.prompts)")
 
 
 def build_dataset(

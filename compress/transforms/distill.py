@@ -63,8 +63,8 @@ def _source(pipe: DiffusionPipeline, cfg: DistillConfig, ctx: RunContext) -> str
     if speaks_miniature(pipe):
         return "miniature-digits"
     raise CompressError(
-        "distill needs training data: give a folder of images with captions "
-        "(RunContext.data) or prompts for the teacher to draw (RunContext.prompts)"
+        "distill needs training data: a folder of images with captions (--data, "
+        "RunContext.data) or prompts for the teacher to draw (--prompts, RunContext.prompts)"
     )
 
 
