@@ -36,11 +36,27 @@ def measure(args: argparse.Namespace, fmt: str, settings: Any, reference: Any) -
     from compress.transforms.quantize import QuantizeConfig, apply_quantize
 
     pipe = commands.load_for(args.model, args.arch, settings)
-    layers = 0
-    if fmt != BASE:
-        cfg = QuantizeConfig(rules=[{"match": "re:.*", "format": fmt}])
-        layers = len(apply_quantize(pipe, cfg, RunContext(device=settings.device))["modules"])
-    row: dict[str, Any] = {"format": fmt, "layers": layers, "unet_mb": unet_mb(pipe)}
+    layers, method = 0, "-"
+    rules = [{"match": "re:.*", "format": fmt.removesuffix(" qat")}]
+    if fmt.endswith(" qat"):
+        from compress.transforms.qat import QATConfig, apply_qat
+
+        metric = get_metric(settings.metric, device=settings.device)
+        ctx = RunContext(device=settings.device, prompts=metric.prompts(None)[0])
+        cfg = QATConfig(rules=rules, steps=args.qat_steps, samples=args.qat_samples)
+        layers, method = len(apply_qat(pipe, cfg, ctx)["modules"]), f"QAT {args.qat_steps} steps"
+    elif fmt != BASE:
+        ctx = RunContext(device=settings.device)
+        layers, method = (
+            len(apply_quantize(pipe, QuantizeConfig(rules=rules), ctx)["modules"]),
+            "PTQ",
+        )
+    row: dict[str, Any] = {
+        "format": fmt.removesuffix(" qat"),
+        "method": method,
+        "layers": layers,
+        "unet_mb": unet_mb(pipe),
+    }
     lat = measure_latency(pipe, settings)
     row |= {
         "latency_ms": lat.median_ms,
@@ -71,8 +87,13 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--num-prompts", type=int, default=None)
     p.add_argument("--compile", action="store_true")
+    p.add_argument("--qat", default="", help="formats to also train with QAT (comma-separated)")
+    p.add_argument("--qat-steps", type=int, default=200)
+    p.add_argument("--qat-samples", type=int, default=64)
     p.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = p.parse_args()
+    if args.qat and args.arch:
+        p.error("--qat trains on the model's own images: use it with --model, not --arch")
 
     from compress._quiet import import_heavy
 
@@ -98,7 +119,9 @@ def main() -> None:
 
         reference = reference_images(commands.load_for(args.model, None, settings), settings)
     rows = []
-    for fmt in [BASE, *[f.strip() for f in args.formats.split(",") if f.strip()]]:
+    formats = [f.strip() for f in args.formats.split(",") if f.strip()]
+    formats += [f.strip() + " qat" for f in args.qat.split(",") if f.strip()]
+    for fmt in [BASE, *formats]:
         print(f"measuring {fmt} ...", file=sys.stderr, flush=True)
         rows.append(measure(args, fmt, settings, reference))
     parent = Scores(latency_ms=rows[0]["latency_ms"], latency_spread_ms=rows[0]["spread_ms"])
@@ -108,6 +131,7 @@ def main() -> None:
     print(f"device: {rows[0]['device']}, settings: {settings.model_dump(exclude_none=True)}\n")
     cols = [
         "format",
+        "method",
         "layers",
         "unet_mb",
         "latency_ms",
