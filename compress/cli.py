@@ -250,6 +250,75 @@ def eval_(
 
 # --- search commands (search, report) ---
 
+_Opt = typer.Option
+
+
+@app.command()
+def search(
+    model: Annotated[
+        str | None, _Opt(help="'miniature', a folder or hub id (default: the space's).")
+    ] = None,
+    space: Annotated[
+        str | None, _Opt(help="Space YAML or name: miniature (default), sd15, sdxl.")
+    ] = None,
+    metric: Annotated[str | None, _Opt(help="Quality metric (default: the space's).")] = None,
+    trials: Annotated[int | None, _Opt(help="Trials in all (default: the space's).")] = None,
+    ray_address: Annotated[
+        str | None, _Opt(help="Join this Ray cluster (default: start one).")
+    ] = None,
+    gpus_per_trial: Annotated[float | None, _Opt(help="GPUs per trial (> 0 runs on cuda).")] = None,
+    cpus_per_trial: Annotated[float | None, _Opt(help="CPUs per trial.")] = None,
+    target_gpu: Annotated[
+        str | None, _Opt(help="Run trials only on this GPU type, e.g. H100.")
+    ] = None,
+    max_latency: Annotated[
+        float | None, _Opt(help="Slower candidates are infeasible (ms).")
+    ] = None,
+    min_quality: Annotated[float | None, _Opt(help="Worse candidates are infeasible.")] = None,
+    sampler: Annotated[str | None, _Opt(help="Optuna sampler: nsga2 or tpe.")] = None,
+    max_concurrent: Annotated[int | None, _Opt(help="Trials running at once.")] = None,
+    staged: Annotated[bool, _Opt(help="Score on a prompt subset first.")] = True,
+    seed: Annotated[int | None, _Opt(help="Sampler seed.")] = None,
+    out: Annotated[str | None, _Opt(help="Run folder (default: runs/<space>-<time>).")] = None,
+    resume: Annotated[Path | None, _Opt(help="Continue the search in this run folder.")] = None,
+) -> None:
+    """Search compressions; write the Pareto front as recipes, a trials CSV and a report."""
+    heavy()
+    from compress.search.command import search_command
+
+    search_command(
+        console,
+        resume=resume,
+        space=space,
+        verbose=_state["verbose"],
+        model=model,
+        metric=metric,
+        trials=trials,
+        ray_address=ray_address,
+        gpus_per_trial=gpus_per_trial,
+        cpus_per_trial=cpus_per_trial,
+        target_gpu=target_gpu,
+        max_latency=max_latency,
+        min_quality=min_quality,
+        sampler=sampler,
+        max_concurrent=max_concurrent,
+        staged=None if staged else False,
+        seed=seed,
+        out=out,
+    )
+
+
+@app.command()
+def report(
+    run: Annotated[Path, typer.Argument(help="A search run folder.")],
+    out: Annotated[Path | None, _Opt(help="HTML file (default: RUN/report.html).")] = None,
+) -> None:
+    """Render a search run as one self-contained HTML page (opens offline)."""
+    from compress.report import write_report
+
+    console.print(f"[green]wrote[/green] {write_report(run, out)}")
+
+
 # --- compression analysis commands (sensitivity, ...) ---
 
 

@@ -1,0 +1,204 @@
+"""`compress report RUN`: one self-contained HTML page (plotly.js and images inline)."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from compress.errors import CompressError
+from compress.recipe import write_atomic
+from compress.report.figures import CLICK_JS, components, scatter
+from compress.report.images import grid, numbered_pngs
+from compress.search.baseline import baseline_dir, load_baseline
+from compress.search.ledger import SEARCH_FILE, TrialRecord, read_json, read_records, trial_dir
+from compress.search.results import finalize, front_records
+
+CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
+h1 { margin-bottom: 0.2em; } .dim { color: #777; } code, pre { background: #f5f5f5; }
+pre { padding: 0.6em; overflow-x: auto; } table { border-collapse: collapse; }
+td, th { padding: 0.25em 0.6em; border-bottom: 1px solid #e5e5e5; text-align: left; }
+.card { border: 1px solid #ddd; border-radius: 6px; padding: 0.8em 1.2em; margin: 1.2em 0; }
+.grid img { width: 96px; height: 96px; image-rendering: pixelated; }
+.grid th { font-weight: normal; font-size: 0.8em; max-width: 100px; }
+.grid th.label { font-weight: bold; }
+"""
+
+
+def _esc(value: Any) -> str:
+    return html.escape(str(value))
+
+
+def _fmt(value: float | None, digits: int = 4) -> str:
+    return "–" if value is None else f"{value:.{digits}g}"
+
+
+def write_report(run: str | Path, out: str | Path | None = None) -> Path:
+    """Render RUN into one HTML file (default RUN/report.html); return its path."""
+    run = Path(run)
+    if not (run / SEARCH_FILE).is_file():
+        raise CompressError(
+            f"{run} is not a search run folder (no {SEARCH_FILE}); pass the "
+            "--out folder of a `compress search`"
+        )
+    summary = (
+        finalize(run, None)
+        if not (run / "summary.json").is_file()
+        else read_json(run / "summary.json")
+    )
+    cfg, records = read_json(run / SEARCH_FILE), read_records(run)
+    baseline = load_baseline(run) or {}
+    front = front_records(records)
+    out = Path(out) if out else run / "report.html"
+    write_atomic(out, _page(run, cfg, summary, records, front, baseline))
+    return out
+
+
+def _plot(fig: Any, div_id: str, first: bool, click: bool = False) -> str:
+    import plotly.io as pio
+
+    return pio.to_html(
+        fig,
+        full_html=False,
+        include_plotlyjs=first,
+        div_id=div_id,
+        post_script=CLICK_JS if click else None,
+        config={"displaylogo": False, "responsive": True},
+    )
+
+
+def _page(
+    run: Path,
+    cfg: dict[str, Any],
+    s: dict[str, Any],
+    records: list[TrialRecord],
+    front: list[TrialRecord],
+    baseline: dict[str, Any],
+) -> str:
+    scores = baseline.get("scores", {})
+    metric = (
+        f"{scores.get('quality_metric', cfg['metric'])} {scores.get('quality_metric_version', '')}"
+    )
+    limits = {"max_latency": cfg.get("max_latency"), "min_quality": cfg.get("min_quality")}
+    parts = [f"<h1>Search {_esc(run.name)}</h1>", _overview(cfg, s, metric, scores)]
+    parts.append(
+        "<h2>Latency and quality</h2><p class='dim'>Click a front point to jump to its recipe.</p>"
+    )
+    parts.append(_plot(scatter(records, front, baseline, metric, limits), "scatter", True, True))
+    comp = components(front, baseline)
+    if comp is not None:
+        parts.append("<h2>Where the time goes</h2>" + _plot(comp, "components", False))
+    prompts = baseline.get("prompts", [])
+    base_images = numbered_pngs(baseline_dir(run) / "images")
+    parts.append(f"<h2>Pareto front: {len(front)} recipes</h2>")
+    for r in front:
+        parts.append(_card(run, r, baseline, prompts, base_images))
+    parts.append(_trials_table(records, {r.number for r in front}))
+    body = "\n".join(parts)
+    return (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>compress search "
+        f"{_esc(run.name)}</title><style>{CSS}</style></head><body>{body}</body></html>"
+    )
+
+
+def _overview(cfg: dict[str, Any], s: dict[str, Any], metric: str, scores: dict) -> str:
+    st, states = s["staged"], s["states"]
+    settings = ", ".join(f"{k}={v}" for k, v in scores.get("settings", {}).items())
+    overhead = s.get("ray_overhead_s_per_trial")
+    rows = [
+        ("model", cfg["model"]),
+        ("search space", cfg["space"]),
+        ("quality metric", metric),
+        ("measured with", settings or "–"),
+        (
+            "sampler",
+            f"{cfg['sampler']} (Optuna, via Ray Tune), {cfg['trials']} trials, "
+            f"{cfg['max_concurrent']} at a time",
+        ),
+        (
+            "trials",
+            f"{states['complete']} fully evaluated, {states['stopped']} stopped at stage "
+            f"1, {states['failed']} failed, {states.get('interrupted', 0)} interrupted; "
+            f"{s['infeasible']} infeasible",
+        ),
+        (
+            "staged evaluation",
+            f"{st['evaluations_saved']} full evaluations saved, about "
+            f"{st['time_saved_s']:.1f} s ({st['net_time_saved_s']:.1f} s net "
+            f"of stage 1 on survivors)",
+        ),
+        (
+            "hypervolume",
+            f"{_fmt(s['hypervolume'])} (reference: latency, quality = "
+            f"{', '.join(_fmt(v) for v in s['hypervolume_reference'] or [])})",
+        ),
+        ("front faster than baseline", str(s["faster_than_baseline"])),
+        ("Ray overhead per trial", "–" if overhead is None else f"{overhead:.2f} s"),
+    ]
+    cells = "".join(f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>" for k, v in rows)
+    return f"<table>{cells}</table>"
+
+
+def _card(
+    run: Path, r: TrialRecord, baseline: dict[str, Any], prompts: list[str], base_images: list[Path]
+) -> str:
+    speedup = baseline["latency_ms"] / r.latency_ms if baseline and r.latency_ms else None
+    rows = "".join(
+        f"<tr><td>{_esc(t.get('kind'))}</td><td>"
+        f"{_esc(', '.join(f'{k}={v}' for k, v in t.items() if k != 'kind'))}</td></tr>"
+        for t in r.transforms
+    )
+    path = trial_dir(run, r.number) / "recipe.yaml"
+    text = path.read_text() if path.is_file() else ""
+    data = yaml.safe_load(text) if text else {}
+    images = grid(
+        [
+            ("baseline", base_images),
+            (r.recipe or f"trial {r.number}", numbered_pngs(trial_dir(run, r.number) / "images")),
+        ],
+        prompts,
+    )
+    return (
+        f"<div class='card' id='trial-{r.number:04d}'><h3>{_esc(r.recipe)} "
+        f"<span class='dim'>trial {r.number}</span></h3>"
+        f"<p>latency <b>{r.latency_ms:.2f} ms</b>"
+        f"{f' ({speedup:.2f}x faster than baseline)' if speedup else ''}, quality "
+        f"<b>{r.quality:.4f}</b>; recipe file <code>recipes/{_esc(data.get('name', r.recipe))}"
+        f".yaml</code> (apply with <code>compress apply</code>)</p>"
+        f"<table><tr><th>transform</th><th>parameters</th></tr>{rows}</table>{images}"
+        f"<details><summary>recipe YAML</summary><pre>{_esc(text)}</pre></details></div>"
+    )
+
+
+def _trials_table(records: list[TrialRecord], front: set[int]) -> str:
+    knobs = list(dict.fromkeys(k for r in records for k in r.params))
+    head = "".join(
+        f"<th>{_esc(h)}</th>"
+        for h in ["#", "state", "front", "latency ms", "quality", *knobs, "error"]
+    )
+    rows = []
+    for r in records:
+        note = r.error or (
+            f"same knobs as trial {r.duplicate_of}"
+            if r.duplicate_of is not None
+            else ""
+            if r.feasible
+            else "infeasible"
+        )
+        cells = [
+            r.number,
+            r.state,
+            "★" if r.number in front else "",
+            _fmt(r.latency_ms),
+            _fmt(r.quality),
+            *[r.params.get(k, "") for k in knobs],
+            note,
+        ]
+        rows.append("<tr>" + "".join(f"<td>{_esc(c)}</td>" for c in cells) + "</tr>")
+    return (
+        f"<h2>All trials</h2><details><summary>{len(records)} trials</summary>"
+        f"<table><tr>{head}</tr>{''.join(rows)}</table></details>"
+    )

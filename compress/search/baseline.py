@@ -1,0 +1,81 @@
+"""The uncompressed model, evaluated once per run (as a Ray task on trial-like resources)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from compress.search.ledger import read_json, write_json
+
+BASELINE = "baseline"
+
+
+def baseline_dir(run: Path) -> Path:
+    return run / BASELINE
+
+
+def load_baseline(run: Path) -> dict[str, Any] | None:
+    path = baseline_dir(run) / "scores.json"
+    return read_json(path) if path.is_file() else None
+
+
+def reference_images(run: Path) -> list[str]:
+    return sorted(str(p) for p in (baseline_dir(run) / "images").glob("[0-9]*.png"))
+
+
+def evaluate_baseline(run: str, model: str, settings: dict[str, Any], dtype: str | None) -> dict:
+    """Evaluate the model as loaded (its own scheduler and call defaults); save images."""
+    import ray
+
+    from compress._quiet import import_heavy
+    from compress.evaluate import EvalSettings, evaluate
+    from compress.evaluate import reference_images as make_references
+    from compress.evaluate.quality import get_metric
+    from compress.models.loading import load_pipeline
+    from compress.search.trial import check_finite, save_images
+
+    import_heavy()
+    t0 = time.perf_counter()
+    pipe = load_pipeline(model, device=settings.get("device", "cpu"), dtype=dtype)
+    es = EvalSettings(**settings)
+    metric = get_metric(es.metric, device=es.device)
+    # A metric that compares with the uncompressed model (fidelity) compares it with itself here.
+    refs = (
+        make_references(pipe, es, metric=metric)
+        if getattr(metric, "needs_reference", False)
+        else None
+    )
+    score = evaluate(pipe, es, reference_images=refs, metric=metric)
+    check_finite(score, "the uncompressed model")
+    save_images(score.images, baseline_dir(Path(run)) / "images")
+    data = {
+        "latency_ms": score.latency_ms,
+        "quality": score.quality,
+        "scores": score.to_recipe_scores().model_dump(mode="json"),
+        "components_ms": dict(score.components_ms),
+        "prompts": list(score.prompts),
+        "node": ray.get_runtime_context().get_node_id(),
+        "seconds": time.perf_counter() - t0,
+    }
+    write_json(baseline_dir(Path(run)) / "scores.json", data)
+    return data
+
+
+def ensure_baseline(
+    run: Path, model: str, settings: dict[str, Any], dtype: str | None, resources: dict[str, float]
+) -> dict[str, Any]:
+    """Reuse the run's baseline if it exists; otherwise evaluate it on a Ray worker."""
+    found = load_baseline(run)
+    if found is not None:
+        return found
+    import ray
+
+    custom = {k: v for k, v in resources.items() if k not in ("cpu", "gpu")}
+    task = ray.remote(
+        num_cpus=resources.get("cpu", 1),
+        num_gpus=resources.get("gpu", 0),
+        resources=custom or None,
+        max_retries=0,
+    )(evaluate_baseline)
+    return ray.get(task.remote(str(run), model, settings, dtype))

@@ -1,0 +1,75 @@
+"""What `compress search` does beyond parsing options: resolve, run, summarise, write the report."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from compress.errors import CompressError
+from compress.search.config import resolve_config, resume_config
+from compress.search.space import resolve_space
+
+
+def search_command(
+    console: Any, *, resume: Path | None, space: str | None, verbose: bool, **options: Any
+) -> dict[str, Any]:
+    """Start a search (or resume RUN), then print the front and write RUN/report.html."""
+    from compress.evaluate.quality import metric_class
+    from compress.report import write_report
+    from compress.search.runner import run_search
+
+    t0 = time.perf_counter()
+    if resume is not None:
+        if space is not None:
+            options["space"] = str(resolve_space(space))
+        cfg, sp = resume_config(resume, **options)
+    else:
+        cfg, sp = resolve_config(space, **options)
+    if not getattr(metric_class(cfg.metric), "higher_is_better", True):
+        raise CompressError(f"metric {cfg.metric} is lower-is-better; the search maximises quality")
+    what = "resuming" if resume else "searching"
+    console.print(
+        f"{what} [bold]{cfg.model}[/bold] over {sp.source} ({sp.size_hint()}), "
+        f"metric {cfg.metric}, {cfg.trials} trials, sampler {cfg.sampler} -> {cfg.out}"
+    )
+    summary = run_search(cfg, sp, resume=resume is not None, console=console, verbose=verbose)
+    report = write_report(cfg.run)
+    _print_summary(console, summary, cfg.run, report, time.perf_counter() - t0)
+    return summary
+
+
+def _print_summary(
+    console: Any, s: dict[str, Any], run: Path, report: Path, seconds: float
+) -> None:
+    from rich.table import Table
+
+    base = s["baseline"]
+    table = Table("recipe", "latency ms", "speed-up", "quality", title="Pareto front")
+    for p in s["front"]:
+        table.add_row(
+            p["recipe"],
+            f"{p['latency_ms']:.1f}",
+            f"{base['latency_ms'] / p['latency_ms']:.2f}x",
+            f"{p['quality']:.4f}",
+        )
+    table.add_row(
+        "[dim]uncompressed baseline[/dim]",
+        f"{base['latency_ms']:.1f}",
+        "1.00x",
+        f"{base['quality']:.4f}",
+    )
+    console.print(table)
+    st, states = s["staged"], s["states"]
+    console.print(
+        f"{s['trials']} trials: {states['complete']} fully evaluated, {states['stopped']} "
+        f"stopped at stage 1, {states['failed']} failed, {s['infeasible']} infeasible; "
+        f"hypervolume {s['hypervolume']:.4g}"
+    )
+    if st["evaluations_saved"]:
+        console.print(
+            f"staged evaluation saved {st['evaluations_saved']} full evaluations, about "
+            f"{st['time_saved_s']:.1f} s ({st['net_time_saved_s']:.1f} s net of stage 1)"
+        )
+    console.print(f"recipes in {run / 'recipes'}, trials in {run / 'trials.csv'}")
+    console.print(f"[green]report[/green] {report}  ({seconds:.0f} s)")

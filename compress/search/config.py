@@ -1,0 +1,142 @@
+"""SearchConfig: every option of one search, resolved from the CLI and the space's defaults."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from compress.errors import CompressError
+from compress.search.ledger import SEARCH_FILE, read_json, write_json
+from compress.search.space import SearchSpace, load_space
+
+# Options fixed when a run starts; `--resume` may only add trials or change where Ray runs.
+_FIXED_ON_RESUME = (
+    "model",
+    "space",
+    "metric",
+    "sampler",
+    "max_latency",
+    "min_quality",
+    "target_gpu",
+    "device",
+    "dtype",
+    "seed",
+    "staged",
+    "evaluation",
+)
+
+
+class SearchConfig(BaseModel):
+    """One search: what to compress, over which space, scored how, on which resources."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    space: str  # path of the space file
+    metric: str
+    out: str
+    trials: int = Field(ge=1)
+    sampler: Literal["nsga2", "tpe"]
+    max_concurrent: int = Field(ge=1)
+    cpus_per_trial: float = Field(gt=0)
+    gpus_per_trial: float = Field(0.0, ge=0)
+    target_gpu: str | None = None
+    max_latency: float | None = Field(None, gt=0)  # ms
+    min_quality: float | None = None
+    device: str = "cpu"
+    dtype: str | None = None
+    seed: int = 0
+    staged: bool = True
+    ray_address: str | None = None
+    evaluation: dict[str, Any] = Field(default_factory=dict)  # EvalSettings fields
+
+    @property
+    def run(self) -> Path:
+        return Path(self.out)
+
+    def eval_settings(self) -> dict[str, Any]:
+        """EvalSettings fields for the full evaluation (threads follow the CPUs per trial)."""
+        threads = max(1, int(self.cpus_per_trial)) if self.device == "cpu" else None
+        base = {"threads": threads} if threads else {}
+        return {
+            **base,
+            **self.evaluation,
+            "metric": self.metric,
+            "device": self.device,
+            **({"dtype": self.dtype} if self.dtype else {}),
+        }
+
+
+def default_out(space: str) -> str:
+    stem = Path(space).stem
+    return str(Path("runs") / f"{stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}")
+
+
+def resolve_config(space: str | None = None, **given: Any) -> tuple[SearchConfig, SearchSpace]:
+    """Options given on the command line (None = not given) over the space's `search:` defaults."""
+    sp = load_space(space or "miniature")
+    d = sp.spec.search
+    opts = {k: v for k, v in given.items() if v is not None}
+    model = opts.pop("model", d.model)
+    metric = opts.pop("metric", d.metric or sp.spec.evaluation.get("metric"))
+    if model is None:
+        raise CompressError(f"search space {sp.source} names no model; pass --model")
+    if metric is None:
+        raise CompressError(f"search space {sp.source} names no metric; pass --metric")
+    gpus = opts.get("gpus_per_trial", 0.0)
+    values = {
+        "model": model,
+        "space": sp.source,
+        "metric": metric,
+        "trials": d.trials,
+        "sampler": d.sampler,
+        "max_concurrent": d.max_concurrent,
+        "cpus_per_trial": d.cpus_per_trial,
+        "seed": d.seed,
+        "device": "cuda" if gpus else "cpu",
+        "evaluation": {k: v for k, v in sp.spec.evaluation.items() if k != "metric"},
+        **opts,
+    }
+    values.setdefault("out", default_out(sp.source))
+    return _validate(values), sp
+
+
+def _validate(values: dict[str, Any]) -> SearchConfig:
+    try:
+        return SearchConfig.model_validate(values)
+    except ValidationError as exc:
+        lines = [f"  {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
+        raise CompressError("invalid search options:\n" + "\n".join(lines)) from None
+
+
+def save_config(cfg: SearchConfig) -> None:
+    write_json(cfg.run / SEARCH_FILE, cfg.model_dump(mode="json"))
+
+
+def resume_config(run: str | Path, **given: Any) -> tuple[SearchConfig, SearchSpace]:
+    """The config a run was started with; `trials`, `max_concurrent`, `ray_address` may change."""
+    from compress.search.space import parse_space
+
+    run = Path(run)
+    path = run / SEARCH_FILE
+    if not path.is_file():
+        raise CompressError(
+            f"{run} is not a search run folder (no {SEARCH_FILE}); "
+            "pass the --out folder of an earlier `compress search`"
+        )
+    stored = read_json(path)
+    opts = {k: v for k, v in given.items() if v is not None}
+    clash = [k for k in _FIXED_ON_RESUME if k in opts and opts[k] != stored.get(k)]
+    if clash:
+        raise CompressError(
+            f"{run} was started with other {', '.join(clash)}; resume it without "
+            "those options, or start a new search with --out"
+        )
+    import yaml
+
+    space_copy = run / "space.yaml"
+    sp = parse_space(yaml.safe_load(space_copy.read_text()), stored["space"])
+    return _validate({**stored, **opts, "out": str(run)}), sp

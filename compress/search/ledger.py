@@ -1,0 +1,151 @@
+"""The run folder: one `trial.json` per finished trial (written last, atomically), the trials CSV.
+
+Layout of RUN/:
+  search.json          how the search was started (model, space, metric, settings, constraints)
+  space.yaml           the search space as it was used
+  baseline/            the uncompressed model's scores and images
+  trials/NNNN/         config.json, recipe.yaml, images/, log.txt, trial.json (the ledger entry)
+  trials.csv           every trial in one table
+  recipes/             the Pareto front as recipes
+  summary.json         front, hypervolume, staged-evaluation savings, Ray overhead
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from compress.errors import CompressError
+from compress.recipe import write_atomic
+
+State = Literal["complete", "stopped", "failed", "interrupted"]
+SEARCH_FILE = "search.json"
+
+
+class TrialRecord(BaseModel):
+    """What the ledger keeps of one trial."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    number: int
+    state: State
+    stage: int = 0  # the last evaluation stage reached (1: prompt subset, 2: full set)
+    params: dict[str, Any] = Field(default_factory=dict)
+    recipe: str | None = None  # recipe name
+    transforms: list[dict[str, Any]] = Field(default_factory=list)
+    latency_ms: float | None = None
+    quality: float | None = None
+    scores: dict[str, Any] = Field(default_factory=dict)  # compress.recipe.Scores of the last stage
+    components_ms: dict[str, float] = Field(default_factory=dict)  # per-component latency
+    constraints: dict[str, float] = Field(default_factory=dict)  # name -> value; > 0 violated
+    error: str | None = None
+    duplicate_of: int | None = None  # same knobs as this earlier trial; its scores were reused
+    node: str | None = None
+    ray_trial_id: str | None = None
+    times: dict[str, float] = Field(default_factory=dict)  # seconds: stage1, stage2, trial, wall
+
+    @property
+    def feasible(self) -> bool:
+        return not any(v > 0 for v in self.constraints.values())
+
+    @property
+    def point(self) -> tuple[float, float] | None:
+        if self.latency_ms is None or self.quality is None:
+            return None
+        if not (math.isfinite(self.latency_ms) and math.isfinite(self.quality)):
+            return None
+        return (self.latency_ms, self.quality)
+
+
+def trial_dir(run: Path, number: int) -> Path:
+    return run / "trials" / f"{number:04d}"
+
+
+def write_record(run: Path, record: TrialRecord) -> None:
+    write_atomic(trial_dir(run, record.number) / "trial.json", record.model_dump_json(indent=2))
+
+
+def write_json(path: Path, data: Any) -> None:
+    write_atomic(path, json.dumps(data, indent=2, default=str))
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CompressError(f"cannot read {path}: {exc}") from None
+
+
+def read_records(run: Path) -> list[TrialRecord]:
+    """Every finished trial, by number; a trial folder without trial.json did not finish."""
+    records = []
+    for path in sorted((run / "trials").glob("*/trial.json")):
+        records.append(TrialRecord.model_validate_json(path.read_text()))
+    return sorted(records, key=lambda r: r.number)
+
+
+def mark_interrupted(run: Path) -> list[TrialRecord]:
+    """Record trials that started but never finished (the search was stopped) as interrupted."""
+    out = []
+    for folder in sorted((run / "trials").glob("*")):
+        if not folder.is_dir() or (folder / "trial.json").exists() or not folder.name.isdigit():
+            continue
+        config = folder / "config.json"
+        params = json.loads(config.read_text()).get("params", {}) if config.is_file() else {}
+        record = TrialRecord(
+            number=int(folder.name),
+            state="interrupted",
+            params=params,
+            error="the search stopped before this trial finished",
+        )
+        write_record(run, record)
+        out.append(record)
+    return out
+
+
+def write_csv(run: Path, records: list[TrialRecord], front: set[int]) -> None:
+    """trials.csv: one row per trial with its knobs, objectives, state and timings."""
+    knobs = sorted({k for r in records for k in r.params})
+    header = [
+        "number",
+        "state",
+        "stage",
+        "pareto",
+        "feasible",
+        "latency_ms",
+        "quality",
+        *knobs,
+        "stage1_s",
+        "stage2_s",
+        "wall_s",
+        "node",
+        "error",
+    ]
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(header)
+    for r in records:
+        w.writerow(
+            [
+                r.number,
+                r.state,
+                r.stage,
+                r.number in front,
+                r.feasible,
+                r.latency_ms,
+                r.quality,
+                *[r.params.get(k, "") for k in knobs],
+                r.times.get("stage1"),
+                r.times.get("stage2"),
+                r.times.get("wall"),
+                r.node,
+                (r.error or "").splitlines()[0] if r.error else "",
+            ]
+        )
+    write_atomic(run / "trials.csv", buf.getvalue())

@@ -1,0 +1,220 @@
+"""`compress search`: a Ray Tune Tuner with OptunaSearch over two objectives, resumable."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from compress.errors import CompressError
+from compress.recipe import write_atomic
+from compress.search.config import SearchConfig, save_config
+from compress.search.ledger import SEARCH_FILE, TrialRecord, mark_interrupted, read_records
+from compress.search.space import SearchSpace
+
+FINISHED = ("complete", "stopped", "failed")
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None, verbose: bool = False) -> Iterator[None]:
+    """Join the cluster at `address`, or start a private local Ray (never an unrelated one)."""
+    import ray
+
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # plain status output; we show our own
+    started = not ray.is_initialized()
+    if started:
+        try:
+            ray.init(
+                address=address or "local",
+                include_dashboard=False,
+                log_to_driver=verbose,
+                logging_level=logging.INFO if verbose else logging.ERROR,
+            )
+        except (ConnectionError, ValueError, RuntimeError) as exc:
+            raise CompressError(
+                f"cannot reach the Ray cluster at {address!r}: {exc}; start it "
+                "with `ray start --head` or drop --ray-address"
+            ) from None
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def trial_resources(cfg: SearchConfig) -> dict[str, float]:
+    """CPUs/GPUs per trial; --target-gpu adds Ray's `accelerator_type:<TYPE>` resource, which
+    only nodes with that GPU have, so trials land on them alone."""
+    res = {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial}
+    if cfg.target_gpu:
+        res[f"accelerator_type:{cfg.target_gpu}"] = 0.001
+    return res
+
+
+def check_cluster(res: dict[str, float]) -> None:
+    """Fail now, naming what exists, instead of leaving trials pending forever."""
+    import ray
+
+    total = ray.cluster_resources()
+    have = {"cpu": total.get("CPU", 0.0), "gpu": total.get("GPU", 0.0)}
+    for key, need in res.items():
+        if need <= 0:
+            continue
+        got = have.get(key, total.get(key, 0.0))
+        if got < need:
+            kinds = sorted(k.split(":", 1)[1] for k in total if k.startswith("accelerator_type:"))
+            hint = (
+                f"; accelerator types in this cluster: {', '.join(kinds) or 'none'}"
+                if key.startswith("accelerator_type:")
+                else ""
+            )
+            raise CompressError(
+                f"each trial needs {key}={need:g} but the Ray cluster has {got:g}{hint}"
+            )
+
+
+def run_search(
+    cfg: SearchConfig,
+    space: SearchSpace,
+    *,
+    resume: bool = False,
+    console: Any = None,
+    verbose: bool = False,
+) -> dict[str, Any]:
+    """Run (or resume) a search into cfg.out; return the summary (front, hypervolume...)."""
+    from compress.evaluate import EvalSettings
+    from compress.search.baseline import ensure_baseline
+    from compress.search.results import finalize
+
+    run = cfg.run.resolve()
+    if not resume and (run / SEARCH_FILE).exists():
+        raise CompressError(
+            f"{run} already holds a search; continue it with --resume {cfg.out} "
+            "or choose another --out"
+        )
+    try:
+        EvalSettings(**cfg.eval_settings())
+    except ValueError as exc:
+        raise CompressError(f"invalid evaluation settings: {exc}") from None
+    run.mkdir(parents=True, exist_ok=True)
+    save_config(cfg)
+    if not (run / "space.yaml").exists():
+        write_atomic(
+            run / "space.yaml", yaml.safe_dump(space.spec.model_dump(mode="json"), sort_keys=False)
+        )
+    resources = trial_resources(cfg)
+    with ray_session(cfg.ray_address, verbose):
+        check_cluster(resources)
+        with _status(console, "evaluating the uncompressed baseline"):
+            baseline = ensure_baseline(run, cfg.model, cfg.eval_settings(), cfg.dtype, resources)
+        mark_interrupted(run)
+        records = read_records(run)
+        remaining = cfg.trials - sum(r.state in FINISHED for r in records)
+        if remaining > 0:
+            _tune(cfg, space, run, records, remaining, resources, baseline, console, verbose)
+    return finalize(run)
+
+
+@contextlib.contextmanager
+def _status(console: Any, what: str) -> Iterator[None]:
+    if console is None:
+        yield
+        return
+    with console.status(what):
+        yield
+
+
+def _tune(
+    cfg: SearchConfig,
+    space: SearchSpace,
+    run: Path,
+    records: list[TrialRecord],
+    remaining: int,
+    resources: dict[str, float],
+    baseline: dict[str, Any],
+    console: Any,
+    verbose: bool,
+) -> None:
+    from ray import tune
+    from ray.tune.search import ConcurrencyLimiter
+
+    from compress.search.baseline import reference_images
+    from compress.search.progress import ProgressCallback
+    from compress.search.study import define_by_run, make_sampler, prepopulated_storage
+    from compress.search.trial import TrialJob, run_trial
+    from compress.search.tuning import (
+        METRICS,
+        MODES,
+        ConstrainedOptunaSearch,
+        LedgerCallback,
+        Limits,
+        StagedScheduler,
+    )
+
+    limits = Limits(cfg.max_latency, cfg.min_quality)
+    sampler = make_sampler(cfg.sampler, cfg.trials, cfg.seed)
+    storage, study_name = prepopulated_storage(space, records, sampler, limits)
+    search = ConcurrencyLimiter(
+        ConstrainedOptunaSearch(
+            define_by_run(space),
+            metric=METRICS,
+            mode=MODES,
+            sampler=sampler,
+            storage=storage,
+            study_name=study_name,
+            limits=limits,
+        ),
+        max_concurrent=cfg.max_concurrent,
+    )
+    st = space.spec.staged
+    full_prompts = cfg.eval_settings().get("num_prompts")
+    staged = cfg.staged and st.enabled and (full_prompts is None or st.prompts < full_prompts)
+    stage_prompts = st.prompts if staged else None
+    done = [r for r in records if r.state in FINISHED]
+    scheduler = StagedScheduler(
+        [r.point for r in done if r.state == "complete" and r.feasible and r.point],
+        limits,
+        quality_margin=st.quality_margin,
+        latency_tolerance=st.latency_tolerance,
+    )
+    job = TrialJob(
+        run=str(run),
+        run_id=run.name,
+        model=cfg.model,
+        space=space.spec.model_dump(mode="json"),
+        space_source=space.source,
+        settings=cfg.eval_settings(),
+        stage_prompts=stage_prompts,
+        dtype=cfg.dtype,
+        reference_images=reference_images(run) if cfg.metric == "fidelity" else [],
+    )
+    callbacks: list[Any] = []
+    progress = None
+    if console is not None:
+        progress = ProgressCallback(console, cfg.trials, done, baseline["latency_ms"])
+        callbacks.append(progress)
+    callbacks.insert(0, LedgerCallback(run, limits, progress.record if progress else None))
+    part = sum(1 for _ in (run / "ray").glob("part*")) if (run / "ray").is_dir() else 0
+    trainable = tune.with_resources(tune.with_parameters(run_trial, job=job), resources)
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=search, scheduler=scheduler, num_samples=remaining, reuse_actors=True
+        ),
+        run_config=tune.RunConfig(
+            name=f"part{part}",
+            storage_path=str(run / "ray"),
+            callbacks=callbacks,
+            verbose=2 if verbose else 0,
+            failure_config=tune.FailureConfig(max_failures=0),
+        ),
+    )
+    t0 = time.perf_counter()
+    tuner.fit()  # trial errors are recorded by LedgerCallback; fit itself does not raise on them
+    logging.getLogger(__name__).info("tuning took %.1f s", time.perf_counter() - t0)

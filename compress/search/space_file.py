@@ -1,0 +1,69 @@
+"""The YAML schema of a search space: knobs, transforms, search defaults, staged evaluation."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from compress.errors import CompressError
+
+
+class SpaceError(CompressError):
+    """A search space file is malformed."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Knob(_Strict):
+    """One searched value: the transform field it sets, its domain, and when it is searched."""
+
+    sets: str | None = None  # "kind.field"; None: a switch that only appears in `when:`
+    type: Literal["categorical", "int", "float"]
+    choices: list[Any] | None = None
+    # Categorical labels -> the structured field values they stand for (e.g. quantization rules),
+    # since Optuna's choices must be plain scalars.
+    values: dict[str, Any] | None = None
+    low: float | None = None
+    high: float | None = None
+    step: float | None = None
+    log: bool = False
+    when: dict[str, Any] = Field(default_factory=dict)  # knob -> value or list of values
+
+
+class TransformEntry(_Strict):
+    fixed: dict[str, Any] = Field(default_factory=dict)  # fields held constant
+    when: dict[str, Any] = Field(default_factory=dict)  # included only when these knobs match
+
+
+class SearchDefaults(_Strict):
+    """Defaults for `compress search` options, so the space alone describes a runnable job."""
+
+    model: str | None = None
+    metric: str | None = None
+    trials: int = Field(24, ge=1)
+    sampler: Literal["nsga2", "tpe"] = "tpe"
+    max_concurrent: int = Field(2, ge=1)
+    cpus_per_trial: float = Field(1.0, gt=0)
+    seed: int = 0
+
+
+class Staged(_Strict):
+    """Staged evaluation: score on `prompts` first; stop what the front clearly dominates."""
+
+    enabled: bool = True
+    prompts: int = Field(4, ge=1)
+    quality_margin: float = Field(0.0, ge=0)  # a front point must be this much better in quality
+    latency_tolerance: float = Field(0.05, ge=0)  # ...and at most this fraction slower
+
+
+class SpaceFile(_Strict):
+    name: str
+    description: str = ""
+    search: SearchDefaults = Field(default_factory=SearchDefaults)
+    evaluation: dict[str, Any] = Field(default_factory=dict)  # EvalSettings fields
+    staged: Staged = Field(default_factory=Staged)
+    transforms: dict[str, TransformEntry] = Field(default_factory=dict)
+    knobs: dict[str, Knob] = Field(min_length=1)
