@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -86,6 +87,9 @@ def apply(
     if prompts is not None and not prompts.is_file():
         raise CompressError(f"--prompts {prompts} does not exist")
     lines = [p.strip() for p in prompts.read_text().splitlines()] if prompts else []
+    rank = os.environ.get("LOCAL_RANK")  # under `accelerate launch`: one GPU per process
+    if rank is not None and device == "cuda":
+        device = f"cuda:{rank}"
     heavy()
     from compress.apply import apply_recipe
     from compress.context import RunContext
@@ -98,6 +102,8 @@ def apply(
     ctx = RunContext(device=device, data=data, prompts=[p for p in lines if p], out_dir=work_dir)
     applied = apply_recipe(pipe, parsed, ctx)  # training transforms show their own progress
     applied.provenance = applied.provenance.model_copy(update={"source_model": model})
+    if os.environ.get("RANK", "0") != "0":  # every process trained the same model; one writes
+        return
     with console.status(f"saving to {out}"):
         save_artifact(pipe, applied, out, overwrite=overwrite)
     console.print(f"[green]wrote[/green] {out}")

@@ -81,21 +81,28 @@ def _latest_checkpoint(folder: Path) -> Path | None:
 
 
 def _save(acc: Any, folder: Path, step: int, result: TrainResult) -> None:
-    """Checkpoint into a temporary folder, then rename: a crash never leaves half a checkpoint."""
-    acc.wait_for_everyone()
-    if not acc.is_main_process:
-        return
+    """Checkpoint into a temporary folder, then rename: a crash never leaves half a checkpoint.
+
+    Every process calls accelerate's save_state (each writes its own RNG state); the main
+    process writes the loop state and renames.
+    """
     final = folder / f"checkpoint-{step}"
     tmp = folder / f".checkpoint-{step}.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
+    if acc.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    acc.wait_for_everyone()
     acc.save_state(str(tmp))
-    state = {"step": step, "losses": result.losses, "parts": result.parts}
-    (tmp / STATE_FILE).write_text(json.dumps(state))
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    for old in folder.glob("checkpoint-*"):  # keep only the newest
-        if old != final:
-            shutil.rmtree(old, ignore_errors=True)
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        state = {"step": step, "losses": result.losses, "parts": result.parts}
+        (tmp / STATE_FILE).write_text(json.dumps(state))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        for old in folder.glob("checkpoint-*"):  # keep only the newest
+            if old != final:
+                shutil.rmtree(old, ignore_errors=True)
+    acc.wait_for_everyone()
 
 
 def _batches(acc: Any, data: Iterable[Any], skip: int) -> Iterator[Any]:
