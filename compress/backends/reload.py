@@ -26,3 +26,17 @@ def through_diffusers(model: ModelMixin, quantization_config: Any) -> ModelMixin
             kwargs["device_map"] = {"": str(device)}
         out = type(model).from_pretrained(tmp, quantization_config=quantization_config, **kwargs)
     return out.to(device) if device.type == "cpu" else out
+
+
+def attach(model: ModelMixin, quantization_config: Any) -> None:
+    """Record diffusers' quantizer on a model quantized in place, so `save_pretrained` writes the
+    quantized weights and the config that makes `from_pretrained` load them natively.
+
+    Needed where a round trip cannot rebuild the model from its config (e.g. pruned channels).
+    """
+    from diffusers.quantizers import DiffusersAutoQuantizer
+
+    quantizer = DiffusersAutoQuantizer.from_config(quantization_config, pre_quantized=False)
+    quantizer.validate_environment(torch_dtype=model.dtype, device_map=None)
+    model.register_to_config(quantization_config=quantization_config)
+    model.hf_quantizer = quantizer

@@ -83,14 +83,16 @@ def check(model: ModelMixin, assign: dict[str, str], device: str) -> None:
 
 
 def quantize(model: ModelMixin, assign: dict[str, str]) -> ModelMixin:
-    """Quantize exactly the named Linear layers, each to its format (torchao `FqnToConfig`)."""
+    """Quantize exactly the named Linear layers in place, each to its format (`FqnToConfig`)."""
     from diffusers import TorchAoConfig
-    from torchao.quantization import FqnToConfig
+    from torchao.quantization import FqnToConfig, quantize_
 
-    from compress.backends.reload import through_diffusers
+    from compress.backends.reload import attach
 
     table = FqnToConfig({name: ao_config(fmt) for name, fmt in sorted(assign.items())})
-    return through_diffusers(model, TorchAoConfig(table))
+    quantize_(model, table, filter_fn=None)
+    attach(model, TorchAoConfig(table))
+    return model
 
 
 def quantized_names(model: ModelMixin) -> dict[str, str]:

@@ -73,6 +73,7 @@ def load_artifact(folder: str | os.PathLike[str], **kwargs: Any) -> DiffusionPip
 def _load_restructured(folder: Path, recipe: Recipe, **kwargs: Any) -> DiffusionPipeline:
     """Non-native structure: build the denoiser from its saved config, replay the recorded
     transforms on it (e.g. pruned channels), then load its weights from safetensors."""
+    import torch
     from diffusers import UNet2DConditionModel
     from safetensors.torch import load_file
 
@@ -83,9 +84,32 @@ def _load_restructured(folder: Path, recipe: Recipe, **kwargs: Any) -> Diffusion
     restore(pipe, recipe, only_replayed=True)
     state: dict[str, Any] = {}
     for f in sorted((folder / "unet").glob("*.safetensors")):
-        state.update(load_file(f))
-    pipe.unet.load_state_dict(state, strict=True)
+        state.update(_load_weights(f, load_file))
+    quantized = any(type(v) is not torch.Tensor for v in state.values())
+    # quantized tensors replace the float parameters instead of being copied into them
+    pipe.unet.load_state_dict(state, strict=True, assign=quantized)
+    if quantized:
+        pipe.unet.to(pipe.device)
     dtype = parse_dtype(kwargs.get("dtype")) or next(iter(state.values())).dtype
     if pipe.unet.dtype != dtype:
         pipe.unet.to(dtype=dtype)
     return pipe
+
+
+def _load_weights(path: Path, load_file: Any) -> dict[str, Any]:
+    """A safetensors file's tensors, rebuilding torchao's quantized tensors from its metadata."""
+    from safetensors import safe_open
+
+    with safe_open(path, "pt") as f:
+        metadata = f.metadata() or {}
+    state = load_file(path)
+    if "tensor_names" not in metadata:  # torchao names its quantized tensors in the metadata
+        return state
+    from torchao.prototype.safetensors.safetensors_support import unflatten_tensor_state_dict
+    from torchao.prototype.safetensors.safetensors_utils import is_metadata_torchao
+
+    if not is_metadata_torchao(metadata):
+        return state
+
+    quantized, rest = unflatten_tensor_state_dict(state, metadata)
+    return {**rest, **quantized}

@@ -147,3 +147,24 @@ def test_speed_flag_says_plainly_when_quantization_did_not_pay() -> None:
     assert fast.flags == ["other"]
     with pytest.raises(CompressError, match="measured latency"):
         flag_if_not_faster(Scores(), parent)
+
+
+def test_quantize_after_channel_pruning_saves_and_reloads(tmp_path: Path) -> None:
+    import numpy as np
+
+    from compress.apply import apply_recipe
+    from compress.generate import generate
+    from compress.models.artifact import load_artifact, save_artifact
+    from compress.recipe import Recipe
+    from compress.transforms.prune_channels import PruneChannelsConfig
+
+    def images(p) -> np.ndarray:
+        return np.stack(
+            [np.asarray(i) for i in generate(p, ["a red seven"], [0], num_inference_steps=3)]
+        )
+
+    pipe = build_tiny_pipeline()
+    transforms = [PruneChannelsConfig(ratio=0.25), q(("re:.*", "int8_dynamic"))]
+    applied = apply_recipe(pipe, Recipe(name="pruned-int8", transforms=transforms))
+    loaded = load_artifact(save_artifact(pipe, applied, tmp_path / "a"))
+    np.testing.assert_array_equal(images(loaded), images(pipe))
