@@ -23,7 +23,9 @@ class QATConfig(TransformConfig):
     """Rules as in `quantize`; the layers they select train under fake quantization."""
 
     kind: Literal["qat"] = "qat"
-    rules: list[Rule] = Field(min_length=1)
+    rules: list[Rule] = Field(
+        default_factory=lambda: [Rule(match="re:.*", format="int8_dynamic")], min_length=1
+    )
     protect: list[str] = Field(default_factory=lambda: list(PROTECTED))
     steps: int = Field(200, ge=1, le=100_000)
     lr: float = Field(1e-5, gt=0, le=1.0)

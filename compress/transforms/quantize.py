@@ -53,7 +53,10 @@ class QuantizeConfig(TransformConfig):
     """Ordered precision rules over the denoiser's Linear layers; the first matching rule wins."""
 
     kind: Literal["quantize"] = "quantize"
-    rules: list[Rule] = Field(min_length=1)
+    # default: every unprotected Linear layer to int8 weights and int8 dynamic activations
+    rules: list[Rule] = Field(
+        default_factory=lambda: [Rule(match="re:.*", format="int8_dynamic")], min_length=1
+    )
     protect: list[str] = Field(default_factory=lambda: list(PROTECTED))
 
     @field_validator("protect")

@@ -168,3 +168,15 @@ def test_quantize_after_channel_pruning_saves_and_reloads(tmp_path: Path) -> Non
     applied = apply_recipe(pipe, Recipe(name="pruned-int8", transforms=transforms))
     loaded = load_artifact(save_artifact(pipe, applied, tmp_path / "a"))
     np.testing.assert_array_equal(images(loaded), images(pipe))
+
+
+def test_search_space_builds_ptq_and_qat_recipes() -> None:
+    from compress.search.space import load_space
+
+    space = load_space("search_spaces/miniature-quantize.yaml")
+    ptq = space.recipe({"method": "ptq", "precision": "int4-ff-int8-rest"}, "p").transforms
+    assert [t.kind for t in ptq] == ["quantize"]
+    assert [r.format for r in ptq[0].rules] == ["intx4_weight_only", "int8_dynamic"]
+    values = {"method": "qat", "qat_precision": "int8-weights", "qat_samples": 64}
+    (qat,) = space.recipe(values, "q").transforms
+    assert qat.kind == "qat" and qat.samples == 64 and qat.data == "miniature-digits"
