@@ -36,6 +36,12 @@ def search_command(
     summary = run_search(cfg, sp, resume=resume is not None, console=console, verbose=verbose)
     report = write_report(cfg.run)
     _print_summary(console, summary, cfg.run, report, time.perf_counter() - t0)
+    states = summary["states"]
+    if states["complete"] + states["stopped"] + states["failed"] < cfg.trials:
+        console.print(
+            f"[yellow]the search stopped early[/yellow]; continue it with: "
+            f"compress search --resume {cfg.out}"
+        )
     return summary
 
 

@@ -15,7 +15,14 @@ import yaml
 from compress.errors import CompressError
 from compress.recipe import write_atomic
 from compress.search.config import SearchConfig, save_config
-from compress.search.ledger import SEARCH_FILE, TrialRecord, mark_interrupted, read_records
+from compress.search.ledger import (
+    SEARCH_FILE,
+    TrialRecord,
+    mark_interrupted,
+    read_json,
+    read_records,
+    write_json,
+)
 from compress.search.space import SearchSpace
 
 FINISHED = ("complete", "stopped", "failed")
@@ -86,8 +93,12 @@ def run_search(
     resume: bool = False,
     console: Any = None,
     verbose: bool = False,
+    points: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Run (or resume) a search into cfg.out; return the summary (front, hypervolume...)."""
+    """Run (or resume) a search into cfg.out; return the summary (front, hypervolume...).
+
+    `points` (knob values) are evaluated first, in order (Optuna enqueues them), e.g. a grid.
+    """
     from compress.evaluate import EvalSettings
     from compress.search.baseline import ensure_baseline
     from compress.search.results import finalize
@@ -109,16 +120,46 @@ def run_search(
             run / "space.yaml", yaml.safe_dump(space.spec.model_dump(mode="json"), sort_keys=False)
         )
     resources = trial_resources(cfg)
+    times = {"start": time.time()}
+    t0 = time.perf_counter()
     with ray_session(cfg.ray_address, verbose):
+        times["ray_init_s"] = time.perf_counter() - t0
         check_cluster(resources)
+        t0 = time.perf_counter()
         with _status(console, "evaluating the uncompressed baseline"):
             baseline = ensure_baseline(run, cfg.model, cfg.eval_settings(), cfg.dtype, resources)
+        times["baseline_s"] = time.perf_counter() - t0
         mark_interrupted(run)
         records = read_records(run)
         remaining = cfg.trials - sum(r.state in FINISHED for r in records)
         if remaining > 0:
-            _tune(cfg, space, run, records, remaining, resources, baseline, console, verbose)
+            t0 = time.perf_counter()
+            _tune(
+                cfg,
+                space,
+                run,
+                records,
+                remaining,
+                resources,
+                baseline,
+                console,
+                verbose,
+                points or [],
+            )
+            times |= {
+                "tune_s": time.perf_counter() - t0,
+                "trials": remaining,
+                "max_concurrent": cfg.max_concurrent,
+            }
+    _log_times(run, times)
     return finalize(run)
+
+
+def _log_times(run: Path, times: dict[str, Any]) -> None:
+    """Append this session's wall times (Ray start, baseline, tuning) to RUN/timings.json."""
+    path = run / "timings.json"
+    past = read_json(path) if path.is_file() else []
+    write_json(path, [*past, times])
 
 
 @contextlib.contextmanager
@@ -140,6 +181,7 @@ def _tune(
     baseline: dict[str, Any],
     console: Any,
     verbose: bool,
+    points: list[dict[str, Any]],
 ) -> None:
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
@@ -167,6 +209,7 @@ def _tune(
             mode=MODES,
             sampler=sampler,
             storage=storage,
+            points_to_evaluate=points or None,
             study_name=study_name,
             limits=limits,
         ),
@@ -178,7 +221,7 @@ def _tune(
     stage_prompts = st.prompts if staged else None
     done = [r for r in records if r.state in FINISHED]
     scheduler = StagedScheduler(
-        [r.point for r in done if r.state == "complete" and r.feasible and r.point],
+        [r.stage1_point for r in done if r.state == "complete" and r.feasible and r.stage1_point],
         limits,
         quality_margin=st.quality_margin,
         latency_tolerance=st.latency_tolerance,

@@ -93,9 +93,12 @@ def run_trial(config: dict[str, Any], job: TrialJob) -> None:
     log.info("trial %d on node %s: %s", number, node, params)
     start = time.perf_counter()
     try:
-        times: dict[str, float] = {}  # carried on, so the last result holds every stage's time
+        # Times and stage-1 scores are carried on, so the last result holds them all.
+        times: dict[str, float] = {}
         for result in _stages(config, params, number, job, folder, log):
-            times.update({k: v for k, v in result.items() if k.endswith("_s")})
+            times.update(
+                {k: v for k, v in result.items() if k.endswith("_s") or k[:7] == "stage1_"}
+            )
             result.update(times, number=number, node=node, trial_s=time.perf_counter() - start)
             tune.report(result)  # blocks until the driver asks to go on (or stops the trial)
     except SystemExit:  # how Tune ends a trial its scheduler stopped
@@ -241,5 +244,7 @@ def _metrics(stage: int, score: Score, seconds: float, training: bool) -> dict[s
         "scores": score.to_recipe_scores().model_dump(mode="json"),
         "components_ms": {k: float(v) for k, v in score.components_ms.items()},
         f"stage{stage}_s": seconds,
+        f"stage{stage}_latency_ms": float(score.latency_ms),
+        f"stage{stage}_quality": float(score.quality),
         "training": training,
     }

@@ -56,14 +56,18 @@ class ConstrainedOptunaSearch(OptunaSearch):
 
 
 class StagedScheduler(FIFOScheduler):
-    """Stops a trial after stage 1 when the front of full evaluations clearly dominates it, or
-    when its latency (reliable from stage 1) already breaks --max-latency."""
+    """Stops a trial after stage 1 when fully evaluated trials clearly dominate it, or when its
+    latency (reliable from stage 1) already breaks --max-latency.
+
+    Stage-1 scores are compared with the stage-1 scores of the fully evaluated trials (same
+    prompts and seeds): a metric such as a Frechet distance shifts with the number of images.
+    """
 
     def __init__(
         self, front: list[Point], limits: Limits, *, quality_margin: float, latency_tolerance: float
     ) -> None:
         super().__init__()
-        self._points = list(front)
+        self._points = list(front)  # stage-1 points of feasible, fully evaluated trials
         self._limits = limits
         self._margin = quality_margin
         self._tolerance = latency_tolerance
@@ -74,8 +78,10 @@ class StagedScheduler(FIFOScheduler):
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
         point = (result.get("latency_ms"), result.get("quality"))
         if result.get("stage") == 2:
-            if not any(v > 0 for v in self._limits.violations(*point).values()):
-                self._points.append(point)
+            quick = (result.get("stage1_latency_ms"), result.get("stage1_quality"))
+            feasible = not any(v > 0 for v in self._limits.violations(*point).values())
+            if feasible and None not in quick:
+                self._points.append(quick)
             return TrialScheduler.CONTINUE
         if self._limits.violations(point[0], None).get("max_latency", 0) > 0:
             return TrialScheduler.STOP
@@ -138,10 +144,17 @@ class LedgerCallback(Callback):
             times=times,
             duplicate_of=r.get("duplicate_of"),
             components_ms=r.get("components_ms") or {},
+            stage1_point=_stage1_point(r),
         )
         write_record(self._run, record)
         if self._on_record is not None:
             self._on_record(record)
+
+
+def _stage1_point(r: dict) -> tuple[float, float] | None:
+    if r.get("stage") != 2 or "stage1_quality" not in r:
+        return None
+    return (r["stage1_latency_ms"], r["stage1_quality"])
 
 
 def _recipe_name(run: Path, number: int) -> str | None:
