@@ -1,0 +1,172 @@
+"""Driver-side pieces without a cluster: constraints, the staged scheduler, resuming a study."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from ray.tune.schedulers import TrialScheduler
+
+from compress.errors import CompressError
+from compress.search.config import resolve_config
+from compress.search.ledger import TrialRecord
+from compress.search.runner import check_cluster, trial_resources
+from compress.search.space import parse_space
+from compress.search.study import DefineByRun, make_sampler, prepopulated_storage
+from compress.search.trial import TrialFailed, check_finite
+from compress.search.tuning import METRICS, MODES, ConstrainedOptunaSearch, Limits, StagedScheduler
+
+SPACE = {
+    "name": "t",
+    "knobs": {
+        "scheduler": {
+            "sets": "sampler.scheduler",
+            "type": "categorical",
+            "choices": ["euler", "ddim"],
+        },
+        "steps": {"sets": "sampler.steps", "type": "int", "low": 1, "high": 8},
+    },
+}
+
+
+def test_limits_follow_optunas_sign_convention():
+    limits = Limits(max_latency=10.0, min_quality=0.5)
+    assert limits.violations(12.0, 0.7) == pytest.approx({"max_latency": 2.0, "min_quality": -0.2})
+    assert Limits().violations(12.0, 0.7) == {}
+
+
+def test_staged_scheduler_stops_clearly_dominated_and_too_slow_candidates():
+    sched = StagedScheduler(
+        [(10.0, 0.8)], Limits(max_latency=50.0), quality_margin=0.05, latency_tolerance=0.05
+    )
+    decide = sched.on_trial_result
+    assert (
+        decide(None, None, {"stage": 1, "latency_ms": 10.2, "quality": 0.6}) == TrialScheduler.STOP
+    )
+    assert (
+        decide(None, None, {"stage": 1, "latency_ms": 10.0, "quality": 0.78})
+        == TrialScheduler.CONTINUE
+    )  # within the quality margin
+    assert (
+        decide(None, None, {"stage": 1, "latency_ms": 60.0, "quality": 0.99}) == TrialScheduler.STOP
+    )  # breaks --max-latency, known from stage 1
+    # A survivor's stage-1 point joins the reference set; later candidates meet it.
+    assert (
+        decide(
+            None,
+            None,
+            {
+                "stage": 2,
+                "latency_ms": 5.0,
+                "quality": 0.9,
+                "stage1_latency_ms": 5.0,
+                "stage1_quality": 0.85,
+            },
+        )
+        == TrialScheduler.CONTINUE
+    )
+    assert (
+        decide(None, None, {"stage": 1, "latency_ms": 5.1, "quality": 0.7}) == TrialScheduler.STOP
+    )
+
+
+def test_searcher_tells_optuna_the_constraints():
+    space = parse_space(SPACE)
+    search = ConstrainedOptunaSearch(
+        DefineByRun(space),
+        metric=METRICS,
+        mode=MODES,
+        sampler=make_sampler("nsga2", 8, 0),
+        limits=Limits(max_latency=10.0),
+    )
+    config = search.suggest("a")
+    assert set(config) >= {"scheduler", "steps", "number"}
+    search.on_trial_complete("a", {"latency_ms": 12.0, "quality": 0.5})
+    search.suggest("b")
+    search.on_trial_complete("b", error=True)
+    first, second = search._ot_study.trials
+    assert first.values == [12.0, 0.5] and first.constraints == {"max_latency": 2.0}
+    assert second.state.name == "FAIL"
+
+
+def test_define_by_run_survives_pickling_and_marks_invalid_combinations():
+    import pickle
+
+    fn = pickle.loads(pickle.dumps(DefineByRun(parse_space(SPACE))))
+    from optuna.trial import FixedTrial
+
+    assert fn(FixedTrial({"scheduler": "ddim", "steps": 3}, number=4)) == {"number": 4}
+
+
+def test_resumed_study_holds_the_ledger_with_its_numbers():
+    space = parse_space(SPACE)
+    records = [
+        TrialRecord(
+            number=0,
+            state="complete",
+            params={"scheduler": "ddim", "steps": 3},
+            latency_ms=10.0,
+            quality=0.5,
+        ),
+        TrialRecord(
+            number=1, state="failed", params={"scheduler": "euler", "steps": 1}, error="boom"
+        ),
+        TrialRecord(
+            number=3,
+            state="stopped",
+            params={"scheduler": "euler", "steps": 8},
+            latency_ms=30.0,
+            quality=0.1,
+        ),
+    ]
+    import optuna
+
+    storage, name = prepopulated_storage(
+        space, records, make_sampler("tpe", 8, 0), Limits(max_latency=20.0)
+    )
+    study = optuna.load_study(study_name=name, storage=storage)
+    trials = study.trials
+    assert [t.number for t in trials] == [0, 1, 2, 3]
+    assert trials[0].values == [10.0, 0.5] and trials[0].params == {"scheduler": "ddim", "steps": 3}
+    assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "FAIL", "COMPLETE"]
+    assert trials[3].constraints == {"max_latency": 10.0}  # infeasible
+    assert study.ask().number == 4
+
+
+def test_target_gpu_is_a_ray_accelerator_resource(monkeypatch, tiny_dir):
+    cfg, _ = resolve_config(
+        "miniature",
+        model=str(tiny_dir),
+        metric="fidelity",
+        gpus_per_trial=1,
+        target_gpu="H100",
+        out="unused",
+    )
+    assert cfg.device == "cuda"
+    res = trial_resources(cfg)
+    assert res == {"cpu": 1.0, "gpu": 1.0, "accelerator_type:H100": 0.001}
+    import ray
+
+    monkeypatch.setattr(
+        ray, "cluster_resources", lambda: {"CPU": 8.0, "GPU": 2.0, "accelerator_type:A100": 1.0}
+    )
+    with pytest.raises(CompressError, match="accelerator_type:H100.*types in this cluster: A100"):
+        check_cluster(res)
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
+    with pytest.raises(CompressError, match="gpu=1 but the Ray cluster has 0"):
+        check_cluster({"cpu": 1, "gpu": 1})
+
+
+def test_nan_scores_fail_the_trial():
+    class FakeScore:
+        latency_ms, quality = 3.0, math.nan
+
+    with pytest.raises(TrialFailed, match="NaN"):
+        check_finite(FakeScore(), "stage 1")
+
+
+def test_bad_options_are_clear_errors(tiny_dir):
+    with pytest.raises(CompressError, match="sampler"):
+        resolve_config("miniature", model=str(tiny_dir), sampler="random", out="x")
+    with pytest.raises(CompressError, match="names no model"):
+        resolve_config("sd15", out="x")
