@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from compress.errors import CompressError
 from compress.search.ledger import read_json, write_json
 
 BASELINE = "baseline"
@@ -78,4 +79,10 @@ def ensure_baseline(
         resources=custom or None,
         max_retries=0,
     )(evaluate_baseline)
-    return ray.get(task.remote(str(run), model, settings, dtype))
+    try:
+        return ray.get(task.remote(str(run), model, settings, dtype))
+    except ray.exceptions.RayTaskError as exc:
+        cause = exc.cause if exc.cause is not None else exc
+        raise CompressError(
+            f"evaluating the uncompressed model failed: {type(cause).__name__}: {cause}"
+        ) from None

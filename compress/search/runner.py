@@ -100,6 +100,7 @@ def run_search(
     `points` (knob values) are evaluated first, in order (Optuna enqueues them), e.g. a grid.
     """
     from compress.evaluate import EvalSettings
+    from compress.models.loading import resolve
     from compress.search.baseline import ensure_baseline
     from compress.search.results import finalize
 
@@ -109,6 +110,7 @@ def run_search(
             f"{run} already holds a search; continue it with --resume {cfg.out} "
             "or choose another --out"
         )
+    resolve(cfg.model)  # a missing model fails here, not inside a Ray worker
     try:
         EvalSettings(**cfg.eval_settings())
     except ValueError as exc:
@@ -258,6 +260,4 @@ def _tune(
             failure_config=tune.FailureConfig(max_failures=0),
         ),
     )
-    t0 = time.perf_counter()
     tuner.fit()  # trial errors are recorded by LedgerCallback; fit itself does not raise on them
-    logging.getLogger(__name__).info("tuning took %.1f s", time.perf_counter() - t0)
