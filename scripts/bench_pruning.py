@@ -81,7 +81,11 @@ def sizes(archs: list[str], model: str, channel_ratios: list[float]) -> list[dic
     rows = []
     for arch in [*archs, model]:
         full = arch != model
-        base = build_arch_pipeline(arch, device="meta") if full else load_pipeline(model)
+        try:
+            base = build_arch_pipeline(arch, device="meta") if full else load_pipeline(model)
+        except CompressError as exc:
+            rows.append({"model": arch, "variant": "none", "error": str(exc)})
+            continue
         inputs = arch_inputs(arch, base.unet) if full else example_inputs(base.unet)
         m0, p0 = macs(base.unet, inputs)
         rows.append({"model": arch, "variant": "none", "params_m": p0 / 1e6, "macs_g": m0 / 1e9})
