@@ -6,7 +6,9 @@ import json
 
 import pytest
 import yaml
+from typer.testing import CliRunner
 
+from compress.cli import app
 from compress.recipe import load_recipe
 from compress.search.config import resolve_config, resume_config
 from compress.search.ledger import read_records, trial_dir, write_json
@@ -66,6 +68,13 @@ def test_search_keeps_every_trial_and_writes_the_front(first_run):
     assert recipe.scores.quality_metric == "fidelity" and recipe.base is not None
     assert recipe.provenance.run_id == run.name
     assert summary["hypervolume"] >= 0
+    # ... and `compress apply` takes it as it is.
+    applied = CliRunner().invoke(
+        app,
+        ["apply", str(recipes[0]), "--model", str(cfg.model), "--out", str(run.parent / "applied")],
+    )
+    assert applied.exit_code == 0, applied.output
+    assert (run.parent / "applied" / "recipe.yaml").is_file()
     csv = (run / "trials.csv").read_text().splitlines()
     assert len(csv) == 4 and csv[0].startswith("number,state,stage,pareto")
 
