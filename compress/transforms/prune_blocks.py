@@ -116,9 +116,10 @@ def _plan(unet: UNet2DConditionModel, names: list[str], depth: dict[str, int]) -
             drop_stage = True
             continue
         kept = (down if side == "down_blocks" else up)[b]
+        have = layers[b] if side == "down_blocks" else layers[n - 1 - b] + 1
         k = int(parts[2])
         if k not in kept:
-            raise CompressError(f"{name}: {side}.{b} has pairs 0-{len(kept) - 1}")
+            raise CompressError(f"{name}: {side}.{b} has pairs 0-{have - 1}")
         kept.remove(k)
     if drop_stage and not {f"down_blocks.{n - 1}", "up_blocks.0"} <= set(names):
         raise CompressError(f"remove down_blocks.{n - 1} and up_blocks.0 together")
