@@ -137,3 +137,13 @@ def test_blocks_cannot_follow_channels() -> None:
     apply_prune_channels(pipe, PruneChannelsConfig(), RunContext())
     with pytest.raises(CompressError, match="before prune_channels"):
         apply_prune_blocks(pipe, PruneBlocksConfig(preset="base"), RunContext())
+
+
+def test_another_checkpoint_gets_its_own_importance() -> None:
+    cfg = PruneChannelsConfig(ratio=0.25)
+    a, b = build_tiny_pipeline(seed=0), build_tiny_pipeline(seed=1)
+    ka = apply_prune_channels(a, cfg, RunContext())["groups"]
+    kb = apply_prune_channels(b, cfg, RunContext())["groups"]
+    assert [g["root"] for g in ka] == [g["root"] for g in kb]  # same structure and widths
+    assert [len(g["kept"]["indices"]) for g in ka] == [len(g["kept"]["indices"]) for g in kb]
+    assert [g["kept"] for g in ka] != [g["kept"] for g in kb]  # chosen on each one's weights
