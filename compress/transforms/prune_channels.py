@@ -10,14 +10,17 @@ from pydantic import Field, field_validator
 
 from compress.context import RunContext
 from compress.errors import CompressError, MissingExtra, RestoreMismatch
+from compress.transforms._channel_groups import (
+    check_groups,
+    head_dims,
+    kept_indices,
+    prune_groups,
+    sync_attributes,
+)
 from compress.transforms._unet import (
-    FEATURE_CHANNELS,
     count_params,
     example_inputs,
-    feature_channels,
-    feature_pairs,
     forward,
-    output_layer,
 )
 from compress.transforms.base import Metadata, Stage, TransformConfig, register_transform
 
@@ -100,27 +103,6 @@ def _stage_ratios(unet: UNet2DConditionModel, cfg: PruneChannelsConfig) -> dict[
     return out
 
 
-def _check_groups(unet: nn.Module, ratios: list[float]) -> None:
-    """Refuse a ratio that would empty a GroupNorm group or an attention head."""
-    from diffusers.models.attention_processor import Attention
-    from torch import nn
-
-    worst = max(ratios)
-    for name, m in unet.named_modules():
-        size = (
-            m.num_channels // m.num_groups
-            if isinstance(m, nn.GroupNorm)
-            else m.to_q.out_features // m.heads
-            if isinstance(m, Attention)
-            else 0
-        )
-        if size and int(size * (1 - worst)) < 1:
-            raise CompressError(
-                f"ratio {worst} would empty the {size}-channel groups of {name}; "
-                f"use a ratio <= {1 - 1 / size:.3g}"
-            )
-
-
 def _taylor_grads(pipe: DiffusionPipeline, cfg: PruneChannelsConfig, ctx: RunContext) -> None:
     """Accumulate gradients of the denoising loss on latents the pipeline generates itself."""
     import torch
@@ -141,39 +123,6 @@ def _taylor_grads(pipe: DiffusionPipeline, cfg: PruneChannelsConfig, ctx: RunCon
         c = {k: v[sl].to(unet.device, unet.dtype) for k, v in cond.items()}
         pred = unet(x_t, t, **unet_kwargs(c), return_dict=False)[0]
         torch.nn.functional.mse_loss(pred.float(), target.float()).backward()
-
-
-def _sync(unet: nn.Module, head_dims: dict[str, int], whole_heads: bool) -> None:
-    """Bring module attributes in line with pruned weights; keep attention logits' scale."""
-    import torch
-    from diffusers.models.attention_processor import Attention
-    from diffusers.models.downsampling import Downsample2D
-    from diffusers.models.upsampling import Upsample2D
-
-    for name, m in unet.named_modules():
-        if isinstance(m, Upsample2D | Downsample2D) and getattr(m, "conv", None) is not None:
-            m.channels, m.out_channels = m.conv.in_channels, m.conv.out_channels
-        if isinstance(m, Attention) and name in head_dims:
-            if whole_heads:
-                m.heads = m.to_q.out_features // head_dims[name]
-            d_new = m.to_q.out_features // m.heads
-            if d_new != head_dims[name]:  # SDPA scales by the new head dim: fold the old scale in
-                with torch.no_grad():
-                    m.to_q.weight.mul_((d_new / head_dims[name]) ** 0.5)
-                    if m.to_q.bias is not None:
-                        m.to_q.bias.mul_((d_new / head_dims[name]) ** 0.5)
-            m.inner_dim, m.scale = m.to_q.out_features, d_new**-0.5
-    unet._compress_channels_pruned = True
-
-
-def _head_dims(unet: nn.Module) -> dict[str, int]:
-    from diffusers.models.attention_processor import Attention
-
-    return {
-        n: m.to_q.out_features // m.heads
-        for n, m in unet.named_modules()
-        if isinstance(m, Attention)
-    }
 
 
 def _build_pruner(unet: UNet2DConditionModel, cfg: PruneChannelsConfig, tp: Any) -> Any:
@@ -218,55 +167,24 @@ def _torch_pruning() -> Any:
     return tp
 
 
-def _prune_groups(dg: Any, unet: nn.Module, groups: Any) -> None:
-    """Prune `groups` in order and note, on the UNet, which channels each stage output kept."""
-    names = {m: n for n, m in unet.named_modules()}
-    pruned: dict[str, tuple[int, list[int]]] = {}
-    for group in groups:
-        for dep, idxs in group:
-            mod = dep.target.module
-            if dg.is_out_channel_pruning_fn(dep.handler) and mod in names:
-                pruned[names[mod]] = (dg.get_out_channels(mod), [int(i) for i in idxs])
-        group.prune()
-    channels = feature_channels(unet)
-    for student, _teacher in feature_pairs(unet):
-        layer = output_layer(unet, student)
-        if layer in pruned:
-            width, gone = pruned[layer][0], set(pruned[layer][1])
-            kept = [i for i in range(width) if i not in gone]
-            old = channels.get(student)  # pruned twice: indices compose
-            channels[student] = [old[i] for i in kept] if old else kept
-    setattr(unet, FEATURE_CHANNELS, channels)
-
-
 def _prune(pipe: DiffusionPipeline, cfg: PruneChannelsConfig, ctx: RunContext) -> Metadata:
     tp = _torch_pruning()
     unet = pipe.unet
-    _check_groups(unet, [cfg.ratio, *(cfg.stage_ratios or ())])
+    check_groups(unet, [cfg.ratio, *(cfg.stage_ratios or ())])
     _ignored(unet, cfg.ignore)  # names and stage count are checked before any work
     _stage_ratios(unet, cfg)
-    before, dims = count_params(unet), _head_dims(unet)
+    before, dims = count_params(unet), head_dims(unet)
     if cfg.importance == "taylor":
         _taylor_grads(pipe, cfg, ctx)
     pruner = _build_pruner(unet, cfg, tp)
-    _prune_groups(pruner.DG, unet, pruner.step(interactive=True))
+    prune_groups(pruner.DG, unet, pruner.step(interactive=True))
     unet.zero_grad(set_to_none=True)
-    _sync(unet, dims, cfg.prune_heads)
+    sync_attributes(unet, dims, cfg.prune_heads)
     groups = [
-        {"root": r, "out": bool(o), "kept": _kept(pruner.DG, unet, r, o, idx)}
+        {"root": r, "out": bool(o), "kept": kept_indices(pruner.DG, unet, r, o, idx)}
         for r, o, idx in pruner.pruning_history()
     ]
     return {"groups": groups, "params_before": before, "params": count_params(unet)}
-
-
-def _kept(dg: Any, unet: nn.Module, root: str, out: bool, pruned: list[int]) -> dict[str, Any]:
-    """Kept indices of a pruned root, with the width it had (one-shot: now + len(pruned))."""
-    mod = unet.get_submodule(root)
-    fn = dg.get_pruner_of_module(mod)
-    now = fn.get_out_channels(mod) if out else fn.get_in_channels(mod)
-    gone = {int(i) for i in pruned}
-    total = now + len(gone)
-    return {"channels": total, "indices": [i for i in range(total) if i not in gone]}
 
 
 def _restore(pipe: DiffusionPipeline, cfg: PruneChannelsConfig, metadata: Metadata) -> None:
@@ -278,7 +196,7 @@ def _restore(pipe: DiffusionPipeline, cfg: PruneChannelsConfig, metadata: Metada
             f"{metadata.get('params_before')} parameters; this one has "
             f"{count_params(unet)}"
         )
-    dims = _head_dims(unet)
+    dims = head_dims(unet)
     dg = tp.DependencyGraph().build_dependency(unet, example_inputs(unet), forward_fn=forward)
     todo = []
     for g in metadata["groups"]:
@@ -295,8 +213,8 @@ def _restore(pipe: DiffusionPipeline, cfg: PruneChannelsConfig, metadata: Metada
         handler = fn.prune_out_channels if g["out"] else fn.prune_in_channels
         todo.append((mod, handler, [i for i in range(have) if i not in keep]))
     # groups are formed one at a time, each after the previous one's pruning (as when recorded)
-    _prune_groups(dg, unet, (dg.get_pruning_group(m, h, i) for m, h, i in todo))
-    _sync(unet, dims, cfg.prune_heads)
+    prune_groups(dg, unet, (dg.get_pruning_group(m, h, i) for m, h, i in todo))
+    sync_attributes(unet, dims, cfg.prune_heads)
     if count_params(unet) != metadata["params"]:
         raise RestoreMismatch(
             "prune_channels: replaying the recorded channels gives "
