@@ -108,7 +108,9 @@ def apply(
         save_artifact(pipe, applied, out, overwrite=overwrite)
     console.print(f"[green]wrote[/green] {out}")
     loader = "DiffusionPipeline.from_pretrained" if applied.native else "compress.load"
-    console.print(f"load it with {loader}({str(out)!r})")
+    dtypes = [r.metadata["load_dtype"] for r in applied.records if "load_dtype" in r.metadata]
+    extra = f", torch_dtype=torch.{dtypes[0]}" if dtypes and applied.native else ""
+    console.print(f"load it with {loader}({str(out)!r}{extra})")
     sampler = applied.find("sampler")
     if sampler is not None:
         console.print(
