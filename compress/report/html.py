@@ -51,7 +51,7 @@ def write_report(run: str | Path, out: str | Path | None = None) -> Path:
     )
     cfg, records = read_json(run / SEARCH_FILE), read_records(run)
     baseline = load_baseline(run) or {}
-    front = front_records(records)
+    front = front_records(records, baseline)
     out = Path(out) if out else run / "report.html"
     write_atomic(out, _page(run, cfg, summary, records, front, baseline))
     return out

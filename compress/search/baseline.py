@@ -34,7 +34,8 @@ def evaluate_baseline(run: str, model: str, settings: dict[str, Any], dtype: str
     from compress.evaluate import reference_images as make_references
     from compress.evaluate.quality import get_metric
     from compress.models.loading import load_pipeline
-    from compress.search.trial import check_finite, save_images
+    from compress.search.staging import check_finite
+    from compress.search.trial import save_images
 
     import_heavy()
     t0 = time.perf_counter()

@@ -18,7 +18,7 @@ _STYLE = {"complete": "green", "stopped": "yellow", "failed": "red"}
 
 class ProgressCallback(Callback):
     def __init__(
-        self, console: Any, total: int, done: list[TrialRecord], baseline_latency: float
+        self, console: Any, total: int, done: list[TrialRecord], baseline: tuple[float, float]
     ) -> None:
         from rich.progress import (
             BarColumn,
@@ -30,7 +30,7 @@ class ProgressCallback(Callback):
 
         self._console = console
         self._records = list(done)
-        self._baseline = baseline_latency
+        self._baseline = baseline  # (latency, quality) of the uncompressed model
         self._running = 0
         self._progress = Progress(
             TextColumn("[bold]search"),
@@ -51,8 +51,10 @@ class ProgressCallback(Callback):
 
     def _status(self, running: int) -> str:
         full = [r for r in self._records if r.state == "complete" and r.feasible and r.point]
-        front = pareto_front([r.point for r in full])
-        faster = sum(1 for i in front if full[i].point[0] < self._baseline)
+        front = [
+            i for i in pareto_front([r.point for r in full] + [self._baseline]) if i < len(full)
+        ]
+        faster = sum(1 for i in front if full[i].point[0] < self._baseline[0])
         stopped = sum(r.state == "stopped" for r in self._records)
         failed = sum(r.state == "failed" for r in self._records)
         return (

@@ -12,10 +12,16 @@ from compress.search.ledger import TrialRecord, read_records, trial_dir, write_c
 from compress.search.pareto import Point, hypervolume, pareto_front
 
 
-def front_records(records: list[TrialRecord]) -> list[TrialRecord]:
-    """Feasible, fully evaluated trials on the Pareto front, fastest first."""
+def front_records(
+    records: list[TrialRecord], baseline: dict[str, Any] | None = None
+) -> list[TrialRecord]:
+    """Feasible, fully evaluated trials on the Pareto front, fastest first; a candidate the
+    uncompressed baseline dominates (slower and no better) is no compression and stays off."""
     full = [r for r in records if r.state == "complete" and r.feasible and r.point is not None]
-    return [full[i] for i in pareto_front([r.point for r in full])]
+    points = [r.point for r in full]
+    if baseline:
+        points.append((baseline["latency_ms"], baseline["quality"]))
+    return [full[i] for i in pareto_front(points) if i < len(full)]
 
 
 def reference_point(records: list[TrialRecord], baseline: dict[str, Any]) -> Point:
@@ -55,7 +61,7 @@ def finalize(run: Path, reference: Point | None = None) -> dict[str, Any]:
     """Write RUN/recipes/ (the front), trials.csv and summary.json; return the summary."""
     records = read_records(run)
     baseline = load_baseline(run)
-    front = front_records(records)
+    front = front_records(records, baseline)
     recipes = run / "recipes"
     recipes.mkdir(parents=True, exist_ok=True)
     written = set()

@@ -242,7 +242,9 @@ def _tune(
     callbacks: list[Any] = []
     progress = None
     if console is not None:
-        progress = ProgressCallback(console, cfg.trials, done, baseline["latency_ms"])
+        progress = ProgressCallback(
+            console, cfg.trials, done, (baseline["latency_ms"], baseline["quality"])
+        )
         callbacks.append(progress)
     callbacks.insert(0, LedgerCallback(run, limits, progress.record if progress else None))
     part = sum(1 for _ in (run / "ray").glob("part*")) if (run / "ray").is_dir() else 0

@@ -8,26 +8,21 @@ Survivors pay for training transforms and the full prompt set (stage 2).
 from __future__ import annotations
 
 import logging
-import math
 import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from compress.errors import CompressError
 from compress.recipe import write_atomic
 from compress.search.ledger import TrialRecord, read_records, trial_dir, write_json
+from compress.search.staging import TrialFailed, evaluate_stage, extend
 
 if TYPE_CHECKING:
     from compress.evaluate import Score
     from compress.recipe import Recipe
 
 RESERVED = ("number", "invalid")  # config keys that are not knobs
-
-
-class TrialFailed(CompressError):
-    """A candidate could not be evaluated (bad recipe, NaN output, out of memory...)."""
 
 
 @dataclass(frozen=True)
@@ -68,14 +63,6 @@ def save_images(images: list[Any], folder: Path, prefix: str = "") -> list[str]:
         os.replace(tmp, folder / name)
         names.append(name)
     return names
-
-
-def check_finite(score: Score, what: str) -> None:
-    if not (math.isfinite(score.latency_ms) and math.isfinite(score.quality)):
-        raise TrialFailed(
-            f"{what} gave non-finite scores (latency {score.latency_ms} ms, "
-            f"quality {score.quality}): the candidate produces NaN or inf outputs"
-        )
 
 
 def run_trial(config: dict[str, Any], job: TrialJob) -> None:
@@ -158,14 +145,16 @@ def _stages(
         setup = time.perf_counter() - t0
         t0 = time.perf_counter()
         subset = full.model_copy(update={"num_prompts": job.stage_prompts})
-        score = _evaluate(pipe, subset, refs, log, "stage 1")
+        score = evaluate_stage(pipe, subset, refs, log, "stage 1")
         save_images(score.images, folder / "images", prefix="s1_")
         yield {**_metrics(1, score, time.perf_counter() - t0, training), "setup_s": setup}
     # Stage 2 costs what a survivor pays beyond stage 1: training, rebuilding, the full prompt set.
     t0 = time.perf_counter()
-    if pipe is None or training:
+    if pipe is not None and not training:
+        score = extend(pipe, score, full, refs, log)
+    else:
         pipe, applied = _build(job, recipe, folder, log)
-    score = _evaluate(pipe, full, refs, log, "stage 2")
+        score = evaluate_stage(pipe, full, refs, log, "stage 2")
     save_images(score.images, folder / "images")
     save_recipe(_finished(applied, score, job, number), folder / "recipe.yaml")
     yield _metrics(2, score, time.perf_counter() - t0, training)
@@ -202,26 +191,6 @@ def _references(job: TrialJob) -> list[Any] | None:
     from PIL import Image
 
     return [Image.open(p).convert("RGB") for p in job.reference_images]
-
-
-def _evaluate(
-    pipe: Any, settings: Any, refs: list[Any] | None, log: logging.Logger, what: str
-) -> Score:
-    from compress.evaluate import evaluate
-
-    n = settings.num_prompts
-    t0 = time.perf_counter()
-    score = evaluate(pipe, settings, reference_images=refs[:n] if refs and n else refs)
-    log.info(
-        "%s: latency %.2f ms, quality %.4f (%s) in %.2f s",
-        what,
-        score.latency_ms,
-        score.quality,
-        score.quality_metric,
-        time.perf_counter() - t0,
-    )
-    check_finite(score, what)
-    return score
 
 
 def _finished(applied: Recipe, score: Score, job: TrialJob, number: int) -> Recipe:

@@ -12,8 +12,8 @@ from compress.search.config import resolve_config
 from compress.search.ledger import TrialRecord
 from compress.search.runner import check_cluster, trial_resources
 from compress.search.space import parse_space
+from compress.search.staging import TrialFailed, check_finite
 from compress.search.study import DefineByRun, make_sampler, prepopulated_storage
-from compress.search.trial import TrialFailed, check_finite
 from compress.search.tuning import METRICS, MODES, ConstrainedOptunaSearch, Limits, StagedScheduler
 
 SPACE = {
