@@ -170,3 +170,22 @@ def test_bad_options_are_clear_errors(tiny_dir):
         resolve_config("miniature", model=str(tiny_dir), sampler="random", out="x")
     with pytest.raises(CompressError, match="names no model"):
         resolve_config("sd15", out="x")
+
+
+def test_extending_stage_one_equals_a_full_evaluation(tiny_pipe):
+    import logging
+
+    from compress.evaluate import EvalSettings, evaluate, reference_images
+    from compress.search.staging import evaluate_stage, extend
+
+    full = EvalSettings(
+        metric="fidelity", num_prompts=3, timed_runs=1, warmup=0, resolution=16, steps=2, threads=1
+    )
+    refs = reference_images(tiny_pipe, full.model_copy(update={"steps": 4}))
+    log = logging.getLogger("test")
+    first = evaluate_stage(tiny_pipe, full.model_copy(update={"num_prompts": 1}), refs, log, "s1")
+    extended = extend(tiny_pipe, first, full, refs, log)
+    direct = evaluate(tiny_pipe, full, reference_images=refs)
+    assert extended.quality == pytest.approx(direct.quality, abs=1e-9)
+    assert extended.prompts == direct.prompts and len(extended.images) == 3
+    assert extended.settings["num_prompts"] == 3 and extended.latency_ms == first.latency_ms
