@@ -71,6 +71,42 @@ def variants(channel_ratios: list[float]) -> list[tuple[str, list[Any]]]:
     return out
 
 
+def channel_sizes(arch: str, ratios: list[float]) -> list[dict[str, Any]]:
+    """Channel pruning needs real weights (magnitudes): a random-weight full-size UNet on CPU."""
+    from compress.models.archs import build_arch_pipeline
+
+    base = build_arch_pipeline(arch, device="cpu")
+    real = arch_inputs(arch, base.unet)
+    inputs = {
+        k: v if not hasattr(v, "device") else v.new_zeros(v.shape, device="cpu")
+        for k, v in real.items()
+        if k != "added_cond_kwargs"
+    }
+    if "added_cond_kwargs" in real:
+        inputs["added_cond_kwargs"] = {
+            k: v.new_zeros(v.shape, device="cpu") for k, v in real["added_cond_kwargs"].items()
+        }
+    inputs["timestep"] = inputs["timestep"] + 500
+    m0, p0 = macs(base.unet, inputs)
+    rows = []
+    for name, tfs in variants(ratios)[len(PRESETS) :]:
+        pipe = copy.deepcopy(base)
+        prune(pipe, tfs)
+        m, p = macs(pipe.unet, inputs)
+        rows.append(
+            {
+                "model": arch,
+                "variant": name,
+                "params_m": p / 1e6,
+                "macs_g": m / 1e9,
+                "params_ratio": p / p0,
+                "macs_ratio": m / m0,
+            }
+        )
+        del pipe
+    return rows
+
+
 def sizes(archs: list[str], model: str, channel_ratios: list[float]) -> list[dict[str, Any]]:
     """Params and MACs before and after each preset; meta weights for full-size architectures."""
     from compress.errors import CompressError
@@ -231,6 +267,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--model", default="miniature")
     ap.add_argument("--archs", nargs="*", default=["sd15", "sdxl"])
     ap.add_argument("--channel-ratios", nargs="*", type=float, default=[0.25, 0.5])
+    ap.add_argument("--channel-archs", nargs="*", default=["sd15"], help="random weights, CPU")
     ap.add_argument("--recovery-steps", type=int, default=400)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--prompts", type=int, default=48)
@@ -246,6 +283,8 @@ def main(argv: list[str] | None = None) -> None:
     result: dict[str, Any] = {"command": "python " + " ".join(sys.argv)}
     if "sizes" in parts:
         result["sizes"] = sizes(args.archs, args.model, args.channel_ratios)
+        for arch in args.channel_archs:
+            result["sizes"] += channel_sizes(arch, args.channel_ratios)
         print("## Parameters and MACs (one UNet call)\n")
         print(
             table(

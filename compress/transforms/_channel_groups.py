@@ -3,6 +3,8 @@ channels of stage outputs, and bring diffusers modules in line with their pruned
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from compress.errors import CompressError
@@ -15,6 +17,21 @@ from compress.transforms._unet import (
 
 if TYPE_CHECKING:
     from torch import nn
+
+
+@contextlib.contextmanager
+def traceable(unet: nn.Module) -> Iterator[None]:
+    """torch-pruning follows the autograd graph: gradients must be on, whatever the caller froze."""
+    import torch
+
+    flags = [p.requires_grad for p in unet.parameters()]
+    unet.requires_grad_(True)
+    try:
+        with torch.inference_mode(False), torch.enable_grad():
+            yield
+    finally:  # pruning replaces parameters but keeps their number and order
+        for p, flag in zip(unet.parameters(), flags, strict=True):
+            p.requires_grad_(flag)
 
 
 def check_groups(unet: nn.Module, ratios: list[float]) -> None:

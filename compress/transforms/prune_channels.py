@@ -16,6 +16,7 @@ from compress.transforms._channel_groups import (
     kept_indices,
     prune_groups,
     sync_attributes,
+    traceable,
 )
 from compress.transforms._unet import (
     count_params,
@@ -174,11 +175,17 @@ def _prune(pipe: DiffusionPipeline, cfg: PruneChannelsConfig, ctx: RunContext) -
     _ignored(unet, cfg.ignore)  # names and stage count are checked before any work
     _stage_ratios(unet, cfg)
     before, dims = count_params(unet), head_dims(unet)
-    if cfg.importance == "taylor":
-        _taylor_grads(pipe, cfg, ctx)
-    pruner = _build_pruner(unet, cfg, tp)
-    prune_groups(pruner.DG, unet, pruner.step(interactive=True))
-    unet.zero_grad(set_to_none=True)
+    with traceable(unet):
+        if cfg.importance == "taylor":
+            _taylor_grads(pipe, cfg, ctx)
+        pruner = _build_pruner(unet, cfg, tp)
+        prune_groups(pruner.DG, unet, pruner.step(interactive=True))
+        unet.zero_grad(set_to_none=True)
+    if not pruner.pruning_history() and max(cfg.ratio, *(cfg.stage_ratios or [0])) > 0:
+        raise CompressError(
+            "prune_channels removed no channel: the ratios are too small for "
+            "the groups of this UNet, or every group is protected by `ignore`"
+        )
     sync_attributes(unet, dims, cfg.prune_heads)
     groups = [
         {"root": r, "out": bool(o), "kept": kept_indices(pruner.DG, unet, r, o, idx)}
@@ -197,7 +204,8 @@ def _restore(pipe: DiffusionPipeline, cfg: PruneChannelsConfig, metadata: Metada
             f"{count_params(unet)}"
         )
     dims = head_dims(unet)
-    dg = tp.DependencyGraph().build_dependency(unet, example_inputs(unet), forward_fn=forward)
+    with traceable(unet):
+        dg = tp.DependencyGraph().build_dependency(unet, example_inputs(unet), forward_fn=forward)
     todo = []
     for g in metadata["groups"]:
         mod = unet.get_submodule(g["root"])
@@ -213,7 +221,8 @@ def _restore(pipe: DiffusionPipeline, cfg: PruneChannelsConfig, metadata: Metada
         handler = fn.prune_out_channels if g["out"] else fn.prune_in_channels
         todo.append((mod, handler, [i for i in range(have) if i not in keep]))
     # groups are formed one at a time, each after the previous one's pruning (as when recorded)
-    prune_groups(dg, unet, (dg.get_pruning_group(m, h, i) for m, h, i in todo))
+    with traceable(unet):
+        prune_groups(dg, unet, (dg.get_pruning_group(m, h, i) for m, h, i in todo))
     sync_attributes(unet, dims, cfg.prune_heads)
     if count_params(unet) != metadata["params"]:
         raise RestoreMismatch(

@@ -147,3 +147,16 @@ def test_another_checkpoint_gets_its_own_importance() -> None:
     assert [g["root"] for g in ka] == [g["root"] for g in kb]  # same structure and widths
     assert [len(g["kept"]["indices"]) for g in ka] == [len(g["kept"]["indices"]) for g in kb]
     assert [g["kept"] for g in ka] != [g["kept"] for g in kb]  # chosen on each one's weights
+
+
+def test_frozen_unet_under_inference_mode_still_prunes() -> None:
+    pipe = build_tiny_pipeline()
+    pipe.unet.requires_grad_(False)
+    with torch.inference_mode():
+        md = apply_prune_channels(pipe, PruneChannelsConfig(ratio=0.25), RunContext())
+    assert md["params"] < md["params_before"]
+    assert not any(p.requires_grad for p in pipe.unet.parameters())
+    with pytest.raises(CompressError, match="removed no channel"):
+        apply_prune_channels(
+            build_tiny_pipeline(), PruneChannelsConfig(ignore=("re:.*",)), RunContext()
+        )
