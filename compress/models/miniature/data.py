@@ -1,0 +1,160 @@
+"""Composed digits: scikit-learn's 8x8 digits coloured and placed on a 32x32 canvas, with prompts.
+
+Each image has four attributes: the digit, its ink colour, the background colour and the quadrant
+it sits in. 32x32 is the smallest canvas that holds a 16x16 digit (its 8x8 source upscaled 2x)
+in any of four quadrants, and a 3-stage VAE maps it to the 4x8x8 latents the UNet works on.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from compress.errors import CompressError
+
+if TYPE_CHECKING:
+    import torch
+
+IMAGE_SIZE = 32
+DIGIT_SIZE = 16
+DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+COLOURS: dict[str, tuple[float, float, float]] = {
+    "black": (0.0, 0.0, 0.0),
+    "white": (1.0, 1.0, 1.0),
+    "red": (0.9, 0.1, 0.1),
+    "green": (0.1, 0.7, 0.2),
+    "blue": (0.15, 0.3, 0.95),
+    "yellow": (0.95, 0.85, 0.1),
+}
+POSITIONS = ("top left", "top right", "bottom left", "bottom right")
+# attribute -> its values, in the order of the judge's class indices
+ATTRIBUTES: dict[str, tuple[str, ...]] = {
+    "digit": DIGITS,
+    "ink": tuple(COLOURS),
+    "background": tuple(COLOURS),
+    "position": POSITIONS,
+}
+_FILLERS = ("a", "the", "handwritten", "digit", "number", "on", "background", "in", "corner")
+WORDS = sorted({*_FILLERS, *DIGITS, *COLOURS, "top", "bottom", "left", "right"})
+MAX_TOKENS = 16  # the longest prompt is 13 words, plus start and end tokens
+VAL_FRACTION = 0.2
+SPLIT_SEED = 0
+
+
+def load_split(split: str) -> tuple[np.ndarray, np.ndarray]:
+    """8x8 glyphs in [0, 1] (N, 8, 8) and their digit labels for split 'train' or 'val'."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    if split not in ("train", "val"):
+        raise CompressError(f"split must be 'train' or 'val', got {split!r}")
+    d = load_digits()
+    idx = np.arange(len(d.target))
+    tr, va = train_test_split(
+        idx, test_size=VAL_FRACTION, random_state=SPLIT_SEED, stratify=d.target
+    )
+    keep = np.sort(tr if split == "train" else va)
+    return (d.images[keep] / 16.0).astype(np.float32), d.target[keep].astype(np.int64)
+
+
+def sample_attributes(rng: np.random.Generator, digits: np.ndarray) -> np.ndarray:
+    """(N, 4) class indices [digit, ink, background, position]; ink and background differ."""
+    n = len(digits)
+    ink = rng.integers(0, len(COLOURS), n)
+    bg = (ink + rng.integers(1, len(COLOURS), n)) % len(COLOURS)  # uniform over the others
+    pos = rng.integers(0, len(POSITIONS), n)
+    return np.stack([digits, ink, bg, pos], axis=1).astype(np.int64)
+
+
+def compose(glyphs: np.ndarray | torch.Tensor, attrs: np.ndarray) -> torch.Tensor:
+    """Render (N, 8, 8) glyphs with (N, 4) attributes into (N, 3, 32, 32) images in [0, 1]."""
+    import torch
+    import torch.nn.functional as F
+
+    g = torch.as_tensor(glyphs, dtype=torch.float32)[:, None]  # (N, 1, 8, 8)
+    a = F.interpolate(g, size=(DIGIT_SIZE, DIGIT_SIZE), mode="bilinear", align_corners=False)
+    palette = torch.tensor(list(COLOURS.values()))  # (6, 3)
+    at = torch.as_tensor(attrs)
+    ink = palette[at[:, 1]][:, :, None, None]  # (N, 3, 1, 1)
+    bg = palette[at[:, 2]][:, :, None, None]
+    n = len(at)
+    alpha = torch.zeros(n, 1, IMAGE_SIZE, IMAGE_SIZE)
+    for i, p in enumerate(at[:, 3].tolist()):
+        r, c = divmod(p, 2)
+        alpha[
+            i, :, r * DIGIT_SIZE : (r + 1) * DIGIT_SIZE, c * DIGIT_SIZE : (c + 1) * DIGIT_SIZE
+        ] = a[i]
+    return (bg * (1 - alpha) + ink * alpha).clamp(0, 1)
+
+
+def heldout(n_per_glyph: int = 4, seed: int = 1) -> tuple[torch.Tensor, np.ndarray]:
+    """The fixed held-out real set: every validation glyph composed `n_per_glyph` times."""
+    glyphs, digits = load_split("val")
+    glyphs, digits = np.repeat(glyphs, n_per_glyph, 0), np.repeat(digits, n_per_glyph)
+    attrs = sample_attributes(np.random.default_rng(seed), digits)
+    return compose(glyphs, attrs), attrs
+
+
+def make_prompt(attrs: dict[str, str], variant: int = 0) -> str:
+    """A prompt naming exactly the given attributes; `variant` picks among phrasings."""
+    digit, ink = attrs.get("digit"), attrs.get("ink")
+    if digit and ink:
+        subject = (f"a {ink} {digit}", f"a {ink} digit {digit}", f"the {ink} number {digit}")
+    elif digit:
+        subject = (f"a handwritten {digit}", f"a handwritten digit {digit}", f"the number {digit}")
+    elif ink:
+        subject = (f"a {ink} digit", f"a handwritten {ink} digit", f"a {ink} number")
+    else:
+        subject = ("a handwritten digit", "a digit", "a number")
+    words = [subject[variant % 3]]
+    if "background" in attrs:
+        words.append(f"on a {attrs['background']} background")
+    if "position" in attrs:
+        words.append(f"in the {attrs['position']}" + (" corner" if variant % 2 else ""))
+    return " ".join(words)
+
+
+def parse_prompt(prompt: str) -> dict[str, str]:
+    """The attributes a prompt names, e.g. {'digit': 'seven', 'ink': 'red'}."""
+    words = prompt.lower().replace(",", " ").split()
+    unknown = sorted({w for w in words if w not in WORDS})
+    if unknown:
+        raise CompressError(
+            f"prompt {prompt!r} has words outside the miniature vocabulary: {unknown}; "
+            f"use only: {' '.join(WORDS)}"
+        )
+    found: dict[str, str] = {}
+
+    def put(attr: str, value: str) -> None:
+        if attr in found:
+            raise CompressError(f"prompt {prompt!r} names the {attr} twice")
+        found[attr] = value
+
+    for i, w in enumerate(words):
+        nxt = words[i + 1] if i + 1 < len(words) else ""
+        if w in DIGITS:
+            put("digit", w)
+        elif w in COLOURS:
+            put("background" if nxt == "background" else "ink", w)
+        elif w in ("top", "bottom"):
+            if nxt not in ("left", "right"):
+                raise CompressError(f"prompt {prompt!r}: {w!r} must be followed by left or right")
+            put("position", f"{w} {nxt}")
+    return found
+
+
+def attrs_to_names(row: np.ndarray) -> dict[str, str]:
+    """Class indices [digit, ink, background, position] -> attribute names."""
+    return {k: vals[int(i)] for (k, vals), i in zip(ATTRIBUTES.items(), row, strict=True)}
+
+
+def random_prompts(rng: np.random.Generator, attrs: np.ndarray, keep: float = 0.7) -> list[str]:
+    """Training prompts: each attribute is named with probability `keep` (the digit 0.9)."""
+    out = []
+    for row in attrs:
+        names = attrs_to_names(row)
+        p = {"digit": 0.9, "ink": keep, "background": keep, "position": keep}
+        named = {k: v for k, v in names.items() if rng.random() < p[k]}
+        out.append(make_prompt(named, int(rng.integers(0, 6))))
+    return out
