@@ -44,6 +44,7 @@ class TrialRecord(BaseModel):
     scores: dict[str, Any] = Field(default_factory=dict)  # compress.recipe.Scores of the last stage
     components_ms: dict[str, float] = Field(default_factory=dict)  # per-component latency
     stage1_point: tuple[float, float] | None = None  # (latency, quality) on the prompt subset
+    training: bool = False  # has training transforms (stage 1 ran without them)
     constraints: dict[str, float] = Field(default_factory=dict)  # name -> value; > 0 violated
     error: str | None = None
     duplicate_of: int | None = None  # same knobs as this earlier trial; its scores were reused

@@ -31,12 +31,13 @@ def reference_point(records: list[TrialRecord], baseline: dict[str, Any]) -> Poi
 
 
 def staged_savings(records: list[TrialRecord]) -> dict[str, Any]:
-    """Full evaluations skipped by stopping at stage 1, and the time that saved (estimated from
-    the survivors' measured stage-2 time, minus what stage 1 cost the survivors)."""
+    """Full evaluations skipped by stopping at stage 1, and the time that saved, estimated from
+    the survivors' measured stage-2 time. Survivors without training reuse their stage-1 latency
+    and images; those with training redo stage 1's work, which is charged against the saving."""
     stopped = [r for r in records if r.state == "stopped"]
     survivors = [r for r in records if r.state == "complete" and "stage2" in r.times]
     stage2 = statistics.mean(r.times["stage2"] for r in survivors) if survivors else 0.0
-    extra = sum(r.times.get("stage1", 0.0) for r in survivors)
+    extra = sum(r.times.get("stage1", 0.0) for r in survivors if r.training)
     return {
         "evaluations_saved": len(stopped),
         "trials_evaluated": len([r for r in records if r.state in ("complete", "stopped")]),

@@ -145,6 +145,7 @@ class LedgerCallback(Callback):
             duplicate_of=r.get("duplicate_of"),
             components_ms=r.get("components_ms") or {},
             stage1_point=_stage1_point(r),
+            training=bool(r.get("training")),
         )
         write_record(self._run, record)
         if self._on_record is not None:
