@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -45,7 +44,12 @@ def main() -> None:
     parser.add_argument("--space", default="miniature")
     parser.add_argument("--model", default=None)
     parser.add_argument("--metric", default=None)
-    parser.add_argument("--budget", type=float, default=0.25, help="Search trials / grid size.")
+    parser.add_argument(
+        "--trials",
+        type=int,
+        default=None,
+        help="Search trials (default: the space's, as `compress search` runs).",
+    )
     parser.add_argument("--sampler", default=None, help="nsga2 or tpe (default: the space's).")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--out", type=Path, default=Path("runs") / f"bench-{int(time.time())}")
@@ -65,7 +69,7 @@ def main() -> None:
     run_search(cfg, sp, console=console, points=grid, resume=(cfg.run / "search.json").exists())
     grid_s = time.perf_counter() - t0
 
-    budget = max(1, math.floor(args.budget * len(grid)))
+    budget = args.trials or space.spec.search.trials
     t0 = time.perf_counter()
     cfg_s, sp = resolve_config(
         args.space,
