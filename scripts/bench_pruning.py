@@ -4,7 +4,8 @@ pruning, right after, and after recovery distillation. With --gpu-arch, the full
 ratio per preset (random weights).
 
     python scripts/bench_pruning.py                       # everything on CPU (miniature + sizes)
-    python scripts/bench_pruning.py --only sizes          # parameters and MACs only (seconds)
+    python scripts/bench_pruning.py --only sizes          # parameters and MACs only
+    python scripts/bench_pruning.py --only latency        # the miniature's CPU latency ratios
     python scripts/bench_pruning.py --only gpu --gpu-arch sd15 --device cuda
 """
 
@@ -146,6 +147,82 @@ def sizes(archs: list[str], model: str, channel_ratios: list[float]) -> list[dic
     return rows
 
 
+def miniature_architecture() -> tuple[Any, str]:
+    """The shipped miniature, else its architecture with untrained weights (latency only)."""
+    from diffusers import StableDiffusionPipeline
+
+    from compress.errors import CompressError
+    from compress.models.loading import load_pipeline
+    from compress.models.miniature import build as b
+
+    try:
+        return load_pipeline("miniature"), "trained"
+    except CompressError:
+        tok = b.build_tokenizer()
+        pipe = StableDiffusionPipeline(
+            vae=b.build_vae(),
+            text_encoder=b.build_text_encoder(tok),
+            tokenizer=tok,
+            unet=b.build_unet(),
+            scheduler=b.build_scheduler(),
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+        pipe.set_progress_bar_config(disable=True)
+        return pipe, "untrained (latency does not depend on weight values)"
+
+
+def latency(channel_ratios: list[float], runs: int) -> list[dict[str, Any]]:
+    """CPU latency of the miniature per variant (20 steps, guidance 4, one image), timed in
+    interleaved rounds so that load from other processes falls on every variant alike."""
+    import statistics
+
+    from compress.errors import CompressError
+    from compress.evaluate.latency import iqr, measure_latency
+    from compress.evaluate.settings import EvalSettings
+
+    base, weights = miniature_architecture()
+    warm = EvalSettings(steps=20, guidance_scale=4.0, timed_runs=1, warmup=2)
+    once = warm.model_copy(update={"warmup": 0})
+    pipes: dict[str, Any] = {}
+    rows: list[dict[str, Any]] = []
+    for name, tfs in [("none", []), *variants(channel_ratios)]:
+        pipe = copy.deepcopy(base)
+        try:
+            if tfs:
+                prune(pipe, tfs)
+        except CompressError as exc:
+            rows.append({"variant": name, "error": str(exc).split(";")[0]})
+            continue
+        measure_latency(pipe, warm)
+        pipes[name] = pipe
+    times: dict[str, list[float]] = {n: [] for n in pipes}
+    unet: dict[str, list[float]] = {n: [] for n in pipes}
+    for _ in range(runs):
+        for name, pipe in pipes.items():
+            lat = measure_latency(pipe, once)
+            times[name].append(lat.median_ms)
+            unet[name].append(lat.components_ms.get("denoiser", 0.0))
+    ref = statistics.median(times["none"])
+    order = ["none", *(n for n, _ in variants(channel_ratios))]
+    rows.sort(key=lambda r: order.index(r["variant"]))
+    for name in pipes:
+        med = statistics.median(times[name])
+        rows.append(
+            {
+                "variant": name,
+                "weights": weights,
+                "latency_ms": med,
+                "spread_ms": iqr(times[name]),
+                "unet_ms": statistics.median(unet[name]),
+                "ratio": med / ref,
+                "threads": lat.threads,
+            }
+        )
+    return rows
+
+
 def quality(
     model: str, channel_ratios: list[float], steps: int, prompts: int, runs: int, batch: int
 ) -> list[dict[str, Any]]:
@@ -263,7 +340,7 @@ def table(rows: list[dict[str, Any]], cols: list[str]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", choices=["sizes", "quality", "gpu"], action="append")
+    ap.add_argument("--only", choices=["sizes", "latency", "quality", "gpu"], action="append")
     ap.add_argument("--model", default="miniature")
     ap.add_argument("--archs", nargs="*", default=["sd15", "sdxl"])
     ap.add_argument("--channel-ratios", nargs="*", type=float, default=[0.25, 0.5])
@@ -276,7 +353,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
-    parts = args.only or ["sizes", "quality"]
+    parts = args.only or ["sizes", "latency", "quality"]
     from compress._quiet import import_heavy
 
     import_heavy()
@@ -294,6 +371,25 @@ def main(argv: list[str] | None = None) -> None:
             + "\n"
         )
         print(f"BK-SDM published (params M, MACs G) for SD1.4: {BK_SDM}\n")
+    if "latency" in parts:
+        result["latency"] = latency(args.channel_ratios, args.runs)
+        print("## Miniature: CPU latency per variant\n")
+        print(
+            table(
+                result["latency"],
+                [
+                    "variant",
+                    "weights",
+                    "latency_ms",
+                    "spread_ms",
+                    "unet_ms",
+                    "ratio",
+                    "threads",
+                    "error",
+                ],
+            )
+            + "\n"
+        )
     if "quality" in parts:
         result["quality"] = quality(
             args.model,
