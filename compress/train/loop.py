@@ -164,6 +164,7 @@ def train(
         num_warmup_steps=settings.warmup_steps * acc.num_processes,
     )
     model, optimizer, schedule = acc.prepare(student, optimizer, schedule)
+    frozen = [p.requires_grad for p in teacher.parameters()] if teacher is not None else []
     if teacher is not None:
         teacher.requires_grad_(False)
         teacher.eval().to(acc.device)
@@ -228,5 +229,8 @@ def train(
         _save(acc, ckpt_dir, result.steps, result)
     acc.wait_for_everyone()
     student.eval()
+    if teacher is not None:  # leave the caller's teacher as it was given
+        for p, flag in zip(teacher.parameters(), frozen, strict=True):
+            p.requires_grad_(flag)
     result.seconds = time.perf_counter() - start
     return result

@@ -159,7 +159,8 @@ def apply_distill(pipe: DiffusionPipeline, cfg: DistillConfig, ctx: RunContext) 
     missing = [b for _, b in pairs if b not in dict(teacher.unet.named_modules())]
     if missing:
         raise CompressError(f"the teacher has no modules {missing}: is it the uncompressed model?")
-    dtype = student.dtype
+    dtype, flags = student.dtype, [p.requires_grad for p in student.parameters()]
+    student.requires_grad_(True)  # the whole UNet is fine-tuned
     if dtype != torch.float32:  # optimizer state and updates in full precision
         student.float()
     feats = _Features(student, teacher.unet, pairs)
@@ -184,6 +185,8 @@ def apply_distill(pipe: DiffusionPipeline, cfg: DistillConfig, ctx: RunContext) 
         )
     finally:
         feats.remove()
+        for p, flag in zip(student.parameters(), flags, strict=True):
+            p.requires_grad_(flag)
         if dtype != torch.float32:
             student.to(dtype)
     ctx.cache["distill"] = result

@@ -31,6 +31,7 @@ def kd_loss(student: nn.Module, teacher: nn.Module, batch: list[torch.Tensor]):
 
 def test_loss_goes_down_with_accumulation() -> None:
     student, teacher, data = _models()
+    before = [p.detach().clone() for p in teacher.parameters()]
     res = train(
         student,
         kd_loss,
@@ -40,7 +41,9 @@ def test_loss_goes_down_with_accumulation() -> None:
     )
     assert res.steps == 40 and len(res.losses) == 40 and len(res.parts["mse"]) == 40
     assert res.mean_loss(first=False) < 0.5 * res.mean_loss(first=True)
-    assert not student.training and not any(p.requires_grad for p in teacher.parameters())
+    assert not student.training
+    assert all(p.requires_grad for p in teacher.parameters())  # left as it was given
+    assert all(torch.equal(a, b) for a, b in zip(teacher.parameters(), before, strict=True))
 
 
 def test_resume_continues_where_it_stopped(tmp_path: Path) -> None:
