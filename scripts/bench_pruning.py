@@ -147,8 +147,8 @@ def sizes(archs: list[str], model: str, channel_ratios: list[float]) -> list[dic
     return rows
 
 
-def miniature_architecture() -> tuple[Any, str]:
-    """The shipped miniature, else its architecture with untrained weights (latency only)."""
+def miniature_architecture(model: str) -> tuple[Any, str]:
+    """`model` (the miniature by default), else its architecture untrained (latency only)."""
     from diffusers import StableDiffusionPipeline
 
     from compress.errors import CompressError
@@ -156,8 +156,10 @@ def miniature_architecture() -> tuple[Any, str]:
     from compress.models.miniature import build as b
 
     try:
-        return load_pipeline("miniature"), "trained"
+        return load_pipeline(model), "trained"
     except CompressError:
+        if model != "miniature":
+            raise
         tok = b.build_tokenizer()
         pipe = StableDiffusionPipeline(
             vae=b.build_vae(),
@@ -173,7 +175,7 @@ def miniature_architecture() -> tuple[Any, str]:
         return pipe, "untrained (latency does not depend on weight values)"
 
 
-def latency(channel_ratios: list[float], runs: int) -> list[dict[str, Any]]:
+def latency(model: str, channel_ratios: list[float], runs: int) -> list[dict[str, Any]]:
     """CPU latency of the miniature per variant (20 steps, guidance 4, one image), timed in
     interleaved rounds so that load from other processes falls on every variant alike."""
     import statistics
@@ -182,7 +184,7 @@ def latency(channel_ratios: list[float], runs: int) -> list[dict[str, Any]]:
     from compress.evaluate.latency import iqr, measure_latency
     from compress.evaluate.settings import EvalSettings
 
-    base, weights = miniature_architecture()
+    base, weights = miniature_architecture(model)
     warm = EvalSettings(steps=20, guidance_scale=4.0, timed_runs=1, warmup=2)
     once = warm.model_copy(update={"warmup": 0})
     pipes: dict[str, Any] = {}
@@ -224,19 +226,27 @@ def latency(channel_ratios: list[float], runs: int) -> list[dict[str, Any]]:
 
 
 def quality(
-    model: str, channel_ratios: list[float], steps: int, prompts: int, runs: int, batch: int
+    model: str,
+    channel_ratios: list[float],
+    steps: int,
+    prompts: int,
+    runs: int,
+    batch: int,
+    judge: str | None = None,
 ) -> list[dict[str, Any]]:
     """Judge score and CPU latency: unpruned, right after pruning, after recovery (distill)."""
     from compress.context import RunContext
     from compress.errors import CompressError
+    from compress.evaluate.quality.miniature import MiniatureMetric
     from compress.evaluate.run import evaluate
     from compress.evaluate.settings import EvalSettings
     from compress.models.loading import load_pipeline
     from compress.transforms.distill import DistillConfig, apply_distill
 
     settings = EvalSettings(metric="miniature", num_prompts=prompts, timed_runs=runs, warmup=1)
+    metric = MiniatureMetric(weights=judge)  # judge None: the shipped judge
     base = load_pipeline(model)
-    s0 = evaluate(base, settings)
+    s0 = evaluate(base, settings, metric=metric)
     rows = [
         {
             "variant": "none",
@@ -268,7 +278,7 @@ def quality(
         except CompressError as exc:
             rows.append({"variant": name, "stage": "n/a", "error": str(exc).split(";")[0]})
             continue
-        rows.append(row(name, "pruned", evaluate(pipe, settings)))
+        rows.append(row(name, "pruned", evaluate(pipe, settings, metric=metric)))
         ctx = RunContext(teacher=base)
         t = time.perf_counter()
         apply_distill(
@@ -280,7 +290,12 @@ def quality(
         )
         train_s = time.perf_counter() - t
         rows.append(
-            row(name, f"recovered ({steps} steps)", evaluate(pipe, settings), train_s=train_s)
+            row(
+                name,
+                f"recovered ({steps} steps)",
+                evaluate(pipe, settings, metric=metric),
+                train_s=train_s,
+            )
         )
     return rows
 
@@ -349,6 +364,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--prompts", type=int, default=48)
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--judge", default=None, help="judge safetensors (default: the shipped)")
     ap.add_argument("--gpu-arch", default="sd15")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--json", type=Path, default=None)
@@ -372,7 +388,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         print(f"BK-SDM published (params M, MACs G) for SD1.4: {BK_SDM}\n")
     if "latency" in parts:
-        result["latency"] = latency(args.channel_ratios, args.runs)
+        result["latency"] = latency(args.model, args.channel_ratios, args.runs)
         print("## Miniature: CPU latency per variant\n")
         print(
             table(
@@ -398,6 +414,7 @@ def main(argv: list[str] | None = None) -> None:
             args.prompts,
             args.runs,
             args.batch,
+            args.judge,
         )
         print("## Miniature: judge score and CPU latency\n")
         print(
