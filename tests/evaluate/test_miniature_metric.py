@@ -34,7 +34,7 @@ def test_evaluate_miniature_scores_more_steps_higher() -> None:
     from compress.models.loading import load_pipeline
 
     pipe = load_pipeline("miniature")
-    base = EvalSettings(metric="miniature", num_prompts=12, threads=1, timed_runs=2)
+    base = EvalSettings(metric="miniature", num_prompts=12, steps=10, threads=1, timed_runs=2)
     good = evaluate(pipe, base)
     assert good.quality_metric == "miniature" and good.quality_metric_version.startswith(
         JUDGE_VERSION
