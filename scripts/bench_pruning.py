@@ -207,8 +207,6 @@ def latency(model: str, channel_ratios: list[float], runs: int) -> list[dict[str
             times[name].append(lat.median_ms)
             unet[name].append(lat.components_ms.get("denoiser", 0.0))
     ref = statistics.median(times["none"])
-    order = ["none", *(n for n, _ in variants(channel_ratios))]
-    rows.sort(key=lambda r: order.index(r["variant"]))
     for name in pipes:
         med = statistics.median(times[name])
         rows.append(
@@ -222,7 +220,8 @@ def latency(model: str, channel_ratios: list[float], runs: int) -> list[dict[str
                 "threads": lat.threads,
             }
         )
-    return rows
+    order = ["none", *(n for n, _ in variants(channel_ratios))]
+    return sorted(rows, key=lambda r: order.index(r["variant"]))
 
 
 def quality(
