@@ -270,6 +270,8 @@ def search(
         str | None, _Opt(help="Space YAML or name: miniature (default), sd15, sdxl.")
     ] = None,
     metric: Annotated[str | None, _Opt(help="Quality metric (default: the space's).")] = None,
+    metric_weights: Annotated[str | None, _Opt(help="The metric's weights file or folder.")] = None,
+    metric_prompts: Annotated[str | None, _Opt(help="The metric's prompt file or folder.")] = None,
     trials: Annotated[int | None, _Opt(help="Trials in all (default: the space's).")] = None,
     ray_address: Annotated[
         str | None, _Opt(help="Join this Ray cluster (default: start one).")
@@ -301,6 +303,8 @@ def search(
         verbose=_state["verbose"],
         model=model,
         metric=metric,
+        metric_weights=metric_weights,
+        metric_prompts=metric_prompts,
         trials=trials,
         ray_address=ray_address,
         gpus_per_trial=gpus_per_trial,

@@ -25,23 +25,24 @@ def reference_images(run: Path) -> list[str]:
     return sorted(str(p) for p in (baseline_dir(run) / "images").glob("[0-9]*.png"))
 
 
-def evaluate_baseline(run: str, model: str, settings: dict[str, Any], dtype: str | None) -> dict:
+def evaluate_baseline(
+    run: str, model: str, settings: dict[str, Any], dtype: str | None, options: dict[str, Any]
+) -> dict:
     """Evaluate the model as loaded (its own scheduler and call defaults); save images."""
     import ray
 
     from compress._quiet import import_heavy
     from compress.evaluate import EvalSettings, evaluate
     from compress.evaluate import reference_images as make_references
-    from compress.evaluate.quality import get_metric
     from compress.models.loading import load_pipeline
-    from compress.search.staging import check_finite
+    from compress.search.staging import check_finite, metric_for
     from compress.search.trial import save_images
 
     import_heavy()
     t0 = time.perf_counter()
     pipe = load_pipeline(model, device=settings.get("device", "cpu"), dtype=dtype)
     es = EvalSettings(**settings)
-    metric = get_metric(es.metric, device=es.device)
+    metric = metric_for(es, options)
     # A metric that compares with the uncompressed model (fidelity) compares it with itself here.
     refs = (
         make_references(pipe, es, metric=metric)
@@ -65,7 +66,12 @@ def evaluate_baseline(run: str, model: str, settings: dict[str, Any], dtype: str
 
 
 def ensure_baseline(
-    run: Path, model: str, settings: dict[str, Any], dtype: str | None, resources: dict[str, float]
+    run: Path,
+    model: str,
+    settings: dict[str, Any],
+    dtype: str | None,
+    resources: dict[str, float],
+    options: dict[str, Any],
 ) -> dict[str, Any]:
     """Reuse the run's baseline if it exists; otherwise evaluate it on a Ray worker."""
     found = load_baseline(run)
@@ -81,7 +87,7 @@ def ensure_baseline(
         max_retries=0,
     )(evaluate_baseline)
     try:
-        return ray.get(task.remote(str(run), model, settings, dtype))
+        return ray.get(task.remote(str(run), model, settings, dtype, options))
     except ray.exceptions.RayTaskError as exc:
         cause = exc.cause if exc.cause is not None else exc
         raise CompressError(

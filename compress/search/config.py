@@ -26,6 +26,8 @@ _FIXED_ON_RESUME = (
     "seed",
     "staged",
     "evaluation",
+    "metric_weights",
+    "metric_prompts",
 )
 
 
@@ -52,6 +54,13 @@ class SearchConfig(BaseModel):
     staged: bool = True
     ray_address: str | None = None
     evaluation: dict[str, Any] = Field(default_factory=dict)  # EvalSettings fields
+    metric_weights: str | None = None  # the metric's checkpoint (file, folder or hub id)
+    metric_prompts: str | None = None  # the metric's prompt file or folder
+
+    @property
+    def metric_options(self) -> dict[str, Any]:
+        opts = {"weights": self.metric_weights, "prompts": self.metric_prompts}
+        return {k: v for k, v in opts.items() if v is not None}
 
     @property
     def run(self) -> Path:

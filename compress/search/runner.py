@@ -129,7 +129,9 @@ def run_search(
         check_cluster(resources)
         t0 = time.perf_counter()
         with _status(console, "evaluating the uncompressed baseline"):
-            baseline = ensure_baseline(run, cfg.model, cfg.eval_settings(), cfg.dtype, resources)
+            baseline = ensure_baseline(
+                run, cfg.model, cfg.eval_settings(), cfg.dtype, resources, cfg.metric_options
+            )
         times["baseline_s"] = time.perf_counter() - t0
         mark_interrupted(run)
         records = read_records(run)
@@ -238,6 +240,7 @@ def _tune(
         stage_prompts=stage_prompts,
         dtype=cfg.dtype,
         reference_images=reference_images(run) if cfg.metric == "fidelity" else [],
+        metric_options=cfg.metric_options,
     )
     callbacks: list[Any] = []
     progress = None

@@ -25,15 +25,28 @@ def check_finite(score: Score, what: str) -> None:
         )
 
 
+def metric_for(settings: EvalSettings, options: dict[str, Any]) -> Any:
+    """The settings' metric, built with its options (weights, prompts) and cached per process."""
+    from compress.evaluate.quality import get_metric
+
+    return get_metric(settings.metric, device=settings.device, **options)
+
+
 def evaluate_stage(
-    pipe: Any, settings: EvalSettings, refs: list[Any] | None, log: logging.Logger, what: str
+    pipe: Any,
+    settings: EvalSettings,
+    refs: list[Any] | None,
+    log: logging.Logger,
+    what: str,
+    options: dict[str, Any],
 ) -> Score:
     """Latency and quality on the first `settings.num_prompts` prompts of the metric's set."""
     from compress.evaluate import evaluate
 
     n = settings.num_prompts
     t0 = time.perf_counter()
-    score = evaluate(pipe, settings, reference_images=refs[:n] if refs and n else refs)
+    refs = refs[:n] if refs and n else refs
+    score = evaluate(pipe, settings, reference_images=refs, metric=metric_for(settings, options))
     log.info(
         "%s: latency %.2f ms, quality %.4f (%s) in %.2f s",
         what,
@@ -47,15 +60,19 @@ def evaluate_stage(
 
 
 def extend(
-    pipe: Any, first: Score, full: EvalSettings, refs: list[Any] | None, log: logging.Logger
+    pipe: Any,
+    first: Score,
+    full: EvalSettings,
+    refs: list[Any] | None,
+    log: logging.Logger,
+    options: dict[str, Any],
 ) -> Score:
     """The full-set score of the pipeline stage 1 measured: its latency and first images are
     reused (same pipeline, prompts and seeds), only the remaining prompts are generated."""
     from compress.evaluate import generate_images
-    from compress.evaluate.quality import get_metric
 
     t0 = time.perf_counter()
-    metric = get_metric(full.metric, device=full.device)
+    metric = metric_for(full, options)
     prompts, seeds = metric.prompts(full.num_prompts)
     seeds = [s + full.seed for s in seeds]  # as evaluate() offsets the metric's fixed seeds
     k = len(first.images)

@@ -38,6 +38,7 @@ class TrialJob:
     stage_prompts: int | None  # None: a single, full evaluation
     dtype: str | None = None
     reference_images: list[str] = field(default_factory=list)  # baseline images (fidelity)
+    metric_options: dict[str, Any] = field(default_factory=dict)  # weights, prompts
 
 
 def _logger(path: Path) -> logging.Logger:
@@ -145,16 +146,16 @@ def _stages(
         setup = time.perf_counter() - t0
         t0 = time.perf_counter()
         subset = full.model_copy(update={"num_prompts": job.stage_prompts})
-        score = evaluate_stage(pipe, subset, refs, log, "stage 1")
+        score = evaluate_stage(pipe, subset, refs, log, "stage 1", job.metric_options)
         save_images(score.images, folder / "images", prefix="s1_")
         yield {**_metrics(1, score, time.perf_counter() - t0, training), "setup_s": setup}
     # Stage 2 costs what a survivor pays beyond stage 1: training, rebuilding, the full prompt set.
     t0 = time.perf_counter()
     if pipe is not None and not training:
-        score = extend(pipe, score, full, refs, log)
+        score = extend(pipe, score, full, refs, log, job.metric_options)
     else:
         pipe, applied = _build(job, recipe, folder, log)
-        score = evaluate_stage(pipe, full, refs, log, "stage 2")
+        score = evaluate_stage(pipe, full, refs, log, "stage 2", job.metric_options)
     save_images(score.images, folder / "images")
     save_recipe(_finished(applied, score, job, number), folder / "recipe.yaml")
     yield _metrics(2, score, time.perf_counter() - t0, training)
