@@ -183,8 +183,10 @@ def test_extending_stage_one_equals_a_full_evaluation(tiny_pipe):
     )
     refs = reference_images(tiny_pipe, full.model_copy(update={"steps": 4}))
     log = logging.getLogger("test")
-    first = evaluate_stage(tiny_pipe, full.model_copy(update={"num_prompts": 1}), refs, log, "s1")
-    extended = extend(tiny_pipe, first, full, refs, log)
+    first = evaluate_stage(
+        tiny_pipe, full.model_copy(update={"num_prompts": 1}), refs, log, "s1", {}
+    )
+    extended = extend(tiny_pipe, first, full, refs, log, {})
     direct = evaluate(tiny_pipe, full, reference_images=refs)
     assert extended.quality == pytest.approx(direct.quality, abs=1e-9)
     assert extended.prompts == direct.prompts and len(extended.images) == 3
