@@ -44,6 +44,7 @@ def main() -> None:
     parser.add_argument("--space", default="miniature")
     parser.add_argument("--model", default=None)
     parser.add_argument("--metric", default=None)
+    parser.add_argument("--metric-weights", default=None, help="The metric's weights file.")
     parser.add_argument(
         "--trials",
         type=int,
@@ -59,7 +60,7 @@ def main() -> None:
     console = Console()
     space = load_space(args.space)
     grid = space.grid()
-    common = {"model": args.model, "metric": args.metric}
+    common = {"model": args.model, "metric": args.metric, "metric_weights": args.metric_weights}
 
     t0 = time.perf_counter()
     cfg, sp = resolve_config(
