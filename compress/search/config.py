@@ -26,6 +26,7 @@ _FIXED_ON_RESUME = (
     "seed",
     "staged",
     "evaluation",
+    "baseline",
     "metric_weights",
     "metric_prompts",
 )
@@ -54,6 +55,7 @@ class SearchConfig(BaseModel):
     staged: bool = True
     ray_address: str | None = None
     evaluation: dict[str, Any] = Field(default_factory=dict)  # EvalSettings fields
+    baseline: dict[str, Any] = Field(default_factory=dict)  # ...overridden for the baseline
     metric_weights: str | None = None  # the metric's checkpoint (file, folder or hub id)
     metric_prompts: str | None = None  # the metric's prompt file or folder
 
@@ -77,6 +79,9 @@ class SearchConfig(BaseModel):
             "device": self.device,
             **({"dtype": self.dtype} if self.dtype else {}),
         }
+
+    def baseline_settings(self) -> dict[str, Any]:
+        return {**self.eval_settings(), **self.baseline}
 
 
 def default_out(space: str) -> str:
@@ -107,6 +112,7 @@ def resolve_config(space: str | None = None, **given: Any) -> tuple[SearchConfig
         "seed": d.seed,
         "device": "cuda" if gpus else "cpu",
         "evaluation": {k: v for k, v in sp.spec.evaluation.items() if k != "metric"},
+        "baseline": dict(sp.spec.baseline),
         **opts,
     }
     values.setdefault("out", default_out(sp.source))

@@ -112,7 +112,7 @@ def run_search(
         )
     resolve(cfg.model)  # a missing model fails here, not inside a Ray worker
     try:
-        EvalSettings(**cfg.eval_settings())
+        EvalSettings(**cfg.baseline_settings())
     except ValueError as exc:
         raise CompressError(f"invalid evaluation settings: {exc}") from None
     run.mkdir(parents=True, exist_ok=True)
@@ -130,7 +130,7 @@ def run_search(
         t0 = time.perf_counter()
         with _status(console, "evaluating the uncompressed baseline"):
             baseline = ensure_baseline(
-                run, cfg.model, cfg.eval_settings(), cfg.dtype, resources, cfg.metric_options
+                run, cfg.model, cfg.baseline_settings(), cfg.dtype, resources, cfg.metric_options
             )
         times["baseline_s"] = time.perf_counter() - t0
         mark_interrupted(run)

@@ -64,6 +64,9 @@ class SpaceFile(_Strict):
     description: str = ""
     search: SearchDefaults = Field(default_factory=SearchDefaults)
     evaluation: dict[str, Any] = Field(default_factory=dict)  # EvalSettings fields
+    # EvalSettings for the uncompressed baseline only, e.g. the steps it is normally sampled with
+    # when its folder records none (diffusers' call defaults would apply otherwise).
+    baseline: dict[str, Any] = Field(default_factory=dict)
     staged: Staged = Field(default_factory=Staged)
     transforms: dict[str, TransformEntry] = Field(default_factory=dict)
     knobs: dict[str, Knob] = Field(min_length=1)
