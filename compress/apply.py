@@ -74,6 +74,9 @@ def restore(
         )
     for cfg, record in zip(recipe.transforms, recipe.records, strict=True):
         spec = spec_of(cfg)
+        if only_replayed and spec.on_load is not None:
+            spec.on_load(pipe, cfg, record.metadata)
+            continue
         if only_replayed and spec.native and not spec.replay_on_load:
             continue
         if spec.restore is not None:

@@ -52,6 +52,9 @@ class TransformSpec:
     # True when part of the effect lives outside saved configs (e.g. call defaults), so loading
     # an artifact replays `restore` on top of the saved folder.
     replay_on_load: bool
+    # Loading an artifact calls this instead of `restore` (for training transforms whose weights
+    # the folder holds but whose call defaults, e.g. steps and guidance, it does not).
+    on_load: RestoreFn | None = None
 
 
 _REGISTRY: dict[str, TransformSpec] = {}
@@ -65,6 +68,7 @@ def register_transform(
     native: bool = True,
     replay_on_load: bool = False,
     restore: RestoreFn | None = None,
+    on_load: RestoreFn | None = None,
 ) -> Callable[[ApplyFn], ApplyFn]:
     """Register `apply(pipe, cfg, ctx) -> Metadata` for `config` at `stage`."""
     kind_field = config.model_fields.get("kind")
@@ -76,7 +80,9 @@ def register_transform(
         global _ADAPTER
         if kind in _REGISTRY and _REGISTRY[kind].config is not config:
             raise ValueError(f"transform kind {kind!r} is registered twice")
-        _REGISTRY[kind] = TransformSpec(kind, config, stage, fn, restore, native, replay_on_load)
+        _REGISTRY[kind] = TransformSpec(
+            kind, config, stage, fn, restore, native, replay_on_load, on_load
+        )
         _ADAPTER = None
         return fn
 
