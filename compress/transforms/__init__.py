@@ -2,6 +2,8 @@
 
 from compress.transforms import (
     distill,  # noqa: F401
+    distill_guidance,  # noqa: F401
+    distill_steps,  # noqa: F401
     prune_blocks,  # noqa: F401
     prune_channels,  # noqa: F401
     qat,  # noqa: F401

@@ -17,6 +17,8 @@ from compress.models.tiny import build_tiny_pipeline
 from compress.recipe import Recipe, load_recipe
 from compress.transforms.base import TransformConfig, config_adapter, registry
 from compress.transforms.distill import DistillConfig
+from compress.transforms.distill_guidance import DistillGuidanceConfig
+from compress.transforms.distill_steps import DistillStepsConfig
 from compress.transforms.prune_blocks import PruneBlocksConfig
 from compress.transforms.prune_channels import PruneChannelsConfig
 from compress.transforms.qat import QATConfig
@@ -33,6 +35,16 @@ EXAMPLES: dict[str, tuple[TransformConfig, Callable[[], RunContext]]] = {
     "prune_channels": (PruneChannelsConfig(ratio=0.25), RunContext),
     "distill": (
         DistillConfig(steps=2, batch_size=2, samples=2, teacher_steps=2),
+        lambda: RunContext(prompts=PROMPTS),
+    ),
+    "distill_guidance": (
+        DistillGuidanceConfig(steps=2, batch_size=2, samples=2, teacher_steps=2, embedding_dim=8),
+        lambda: RunContext(prompts=PROMPTS),
+    ),
+    "distill_steps": (
+        DistillStepsConfig(
+            steps=2, batch_size=2, samples=2, teacher_steps=2, student_steps=2, lora_rank=2
+        ),
         lambda: RunContext(prompts=PROMPTS),
     ),
     "quantize": (

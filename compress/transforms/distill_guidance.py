@@ -1,0 +1,122 @@
+"""Guidance distillation: classifier-free guidance folded into the denoiser, which takes the
+guidance scale as an input (Meng et al. 2023, "On Distillation of Guided Diffusion Models",
+stage one), so each sampling step costs one denoiser call instead of two."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import Field, model_validator
+
+from compress.context import RunContext
+from compress.errors import CompressError
+from compress.transforms._student import (
+    StudentTraining,
+    add_guidance_embedding,
+    as_float,
+    guidance_embedding,
+    guided,
+    teacher_of,
+    training_data,
+)
+from compress.transforms.base import Metadata, Stage, register_transform
+
+if TYPE_CHECKING:
+    import torch
+    from diffusers import DiffusionPipeline
+    from torch import nn
+
+
+class DistillGuidanceConfig(StudentTraining):
+    """Train a guidance-scale embedding (diffusers' `time_cond_proj_dim`) over a range of scales.
+
+    The result loads in plain diffusers; StableDiffusionPipeline feeds `guidance_scale` to the
+    embedding and skips the unconditional pass.
+    """
+
+    kind: Literal["distill_guidance"] = "distill_guidance"
+    guidance_min: float = Field(1.0, ge=1.0, le=50.0)
+    guidance_max: float = Field(8.0, ge=1.0, le=50.0)
+
+    @model_validator(mode="after")
+    def _range(self) -> DistillGuidanceConfig:
+        if self.guidance_min > self.guidance_max:
+            raise ValueError(
+                f"guidance_min ({self.guidance_min}) is above guidance_max ({self.guidance_max})"
+            )
+        return self
+
+
+def _loss_fn(
+    cfg: DistillGuidanceConfig, teacher: DiffusionPipeline, uncond: dict[str, Any], sched: Any
+) -> Any:
+    import torch
+    import torch.nn.functional as F
+
+    from compress.train.diffusion import noisy, unet_kwargs
+
+    def loss_fn(student: nn.Module, _: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        latents = batch.pop("latents")  # (B, C, h, w)
+        x_t, t, _target = noisy(sched, latents)
+        lo, hi = cfg.guidance_min, cfg.guidance_max
+        scale = lo + (hi - lo) * torch.rand(latents.shape[0])  # (B,)
+        ref = guided(teacher, x_t, t, batch, uncond, scale)
+        emb = guidance_embedding(teacher, student, scale).to(x_t)
+        out = student(x_t, t, timestep_cond=emb, **unet_kwargs(batch), return_dict=False)[0]
+        return F.mse_loss(out.float(), ref)
+
+    return loss_fn
+
+
+@register_transform(DistillGuidanceConfig, stage=Stage.training, native=True)
+def apply_distill_guidance(
+    pipe: DiffusionPipeline, cfg: DistillGuidanceConfig, ctx: RunContext
+) -> Metadata:
+    """Add a zero-initialised guidance embedding and fit the student to the teacher's guided
+    prediction at random scales, on the shared training loop; the teacher is the pipeline before
+    the recipe ran (so a pruned student learns from the unpruned model)."""
+    from compress.train import TrainSettings, train
+    from compress.train.diffusion import training_scheduler
+
+    teacher = teacher_of(ctx, cfg.kind)
+    student = pipe.unet
+    if student.config.time_cond_proj_dim is not None:
+        raise CompressError(
+            "distill_guidance: the denoiser already takes the guidance scale as input "
+            f"(time_cond_proj_dim={student.config.time_cond_proj_dim}); drop this transform"
+        )
+    data, info = training_data(pipe, cfg, ctx, cfg.kind)
+    add_guidance_embedding(student, cfg.embedding_dim)
+    dtype, flags = as_float(student), [p.requires_grad for p in student.parameters()]
+    student.requires_grad_(True)  # the whole UNet learns the guided prediction
+    settings = TrainSettings(
+        steps=cfg.steps,
+        lr=cfg.lr,
+        grad_accum=cfg.grad_accum,
+        mixed_precision=cfg.mixed_precision,
+        seed=cfg.seed,
+        description=cfg.kind,
+    )
+    folder = ctx.out_dir / cfg.kind if ctx.out_dir is not None else None
+    try:
+        loss = _loss_fn(cfg, teacher, data.uncond, training_scheduler(teacher))
+        result = train(
+            student,
+            loss,
+            data.loader(cfg.batch_size, cfg.seed),
+            settings,
+            teacher=teacher.unet,
+            folder=folder,
+        )
+    finally:
+        for p, flag in zip(student.parameters(), flags, strict=True):
+            p.requires_grad_(flag)
+        student.to(dtype)
+    ctx.cache[cfg.kind] = result
+    return {
+        "data": info,
+        "steps": result.steps,
+        "batch_size": min(cfg.batch_size, len(data)),
+        "time_cond_proj_dim": cfg.embedding_dim,
+        "guidance_range": [cfg.guidance_min, cfg.guidance_max],
+    }
