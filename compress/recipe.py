@@ -89,7 +89,7 @@ class Recipe(_Strict):
     def native(self) -> bool:
         """True when every transform's result is expressible in standard diffusers configs."""
         specs = registry()
-        return all(specs[t.kind].native for t in self.transforms)
+        return all(specs[t.kind].native and t.saves_natively() for t in self.transforms)
 
     def find(self, kind: str) -> TransformConfig | None:
         return next((t for t in self.transforms if t.kind == kind), None)

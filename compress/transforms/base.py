@@ -33,6 +33,11 @@ class TransformConfig(BaseModel):
 
     kind: str
 
+    def saves_natively(self) -> bool:
+        """False where these parameters leave layers diffusers cannot save (the registry's
+        `native` holds for the kind; a config may narrow it, e.g. a backend's own layers)."""
+        return True
+
 
 C = TypeVar("C", bound=TransformConfig)
 ApplyFn = Callable[["DiffusionPipeline", Any, "RunContext"], Metadata]

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from compress.backends import FORMATS, FormatName
 from compress.context import RunContext
 from compress.errors import CompressError, RestoreMismatch
+from compress.quantize_calibration import Calibration
 from compress.transforms.base import Metadata, Stage, TransformConfig, register_transform
 
 if TYPE_CHECKING:
@@ -58,11 +59,21 @@ class QuantizeConfig(TransformConfig):
         default_factory=lambda: [Rule(match="re:.*", format="int8_dynamic")], min_length=1
     )
     protect: list[str] = Field(default_factory=lambda: list(PROTECTED))
+    # denoiser inputs along sampling trajectories, for the calibrated formats (inc_static_int8,
+    # inc_gptq_int4); other formats ignore it
+    calibration: Calibration = Field(default_factory=Calibration)
 
     @field_validator("protect")
     @classmethod
     def _protect(cls, value: list[str]) -> list[str]:
         return [_check_pattern(v) for v in value]
+
+    def saves_natively(self) -> bool:
+        """neural_compressor layers are saved as their own tensors and rebuilt on load."""
+        return not any(
+            r.format != "none" and FORMATS[r.format].backend == "neural_compressor"
+            for r in self.rules
+        )
 
 
 def _covers(pattern: str, name: str) -> bool:
@@ -121,35 +132,63 @@ def _backend(assign: dict[str, str]) -> str:
     return backends.pop()
 
 
-def _quantize(pipe: DiffusionPipeline, cfg: QuantizeConfig, device: str) -> Metadata:
-    from compress.backends import bitsandbytes, torchao
+def backend_module(backend: str) -> Any:
+    """The module implementing `backend` (check, quantize, quantized_names)."""
+    from compress.backends import bitsandbytes, neural_compressor, torchao
 
+    return {"torchao": torchao, "bitsandbytes": bitsandbytes}.get(backend, neural_compressor)
+
+
+def _quantize(pipe: DiffusionPipeline, cfg: QuantizeConfig, ctx: RunContext) -> Metadata:
     unet = pipe.unet
     assign, protected = resolve(unet, cfg)
     if not assign:
         raise CompressError("the rules quantize no layer (every match has format 'none')")
     backend = _backend(assign)
-    module = torchao if backend == "torchao" else bitsandbytes
-    module.check(unet, assign, device)  # before any work
+    module = backend_module(backend)
+    module.check(unet, assign, ctx.device)  # before any work
+    extra: Metadata = {}
     if backend == "torchao":
-        new = torchao.quantize(unet, assign)
+        new = module.quantize(unet, assign)
+    elif backend == "bitsandbytes":
+        new = module.quantize(unet, assign, sorted(linear_layers(unet)))
     else:
-        new = bitsandbytes.quantize(unet, assign, sorted(linear_layers(unet)))
+        run = None
+        if set(assign.values()) & set(module.CALIBRATED):
+            from compress.quantize_calibration import calibration_calls, replay, timesteps_of
+
+            calls = calibration_calls(pipe, cfg.calibration, ctx)
+            run = lambda model: replay(model, calls)  # noqa: E731
+            extra["calibration"] = {
+                **cfg.calibration.model_dump(),
+                "seed": ctx.seed,
+                "timesteps_kept": timesteps_of(calls),
+            }
+        new = module.quantize(unet, assign, run)
     pipe.register_modules(unet=new)
     return {
         "backend": backend,
         "modules": dict(sorted(assign.items())),
         "protected": protected,
+        **extra,
         # diffusers loads torchao models in bfloat16 unless told the dtype
         "load_dtype": str(unet.dtype).removeprefix("torch."),
     }
 
 
-def _restore(pipe: DiffusionPipeline, cfg: QuantizeConfig, metadata: Metadata) -> None:
-    from compress.backends import bitsandbytes, torchao
+def _check_resolves(pipe: DiffusionPipeline, cfg: QuantizeConfig, metadata: Metadata) -> None:
+    assign, _ = resolve(pipe.unet, cfg)
+    if assign != metadata["modules"]:
+        diff = sorted(set(assign.items()) ^ set(metadata["modules"].items()))
+        raise RestoreMismatch(f"quantize: rules resolve differently on this model: {diff[:5]}")
 
-    if getattr(pipe.unet, "hf_quantizer", None) is not None:  # loaded already quantized
-        backend = bitsandbytes if metadata.get("backend") == "bitsandbytes" else torchao
+
+def _restore(pipe: DiffusionPipeline, cfg: QuantizeConfig, metadata: Metadata) -> None:
+    backend = backend_module(metadata.get("backend", "torchao"))
+    loaded = getattr(pipe.unet, "hf_quantizer", None) is not None
+    if metadata.get("backend") == "neural_compressor":
+        loaded = bool(backend.quantized_names(pipe.unet))
+    if loaded:  # loaded already quantized
         got = sorted(backend.quantized_names(pipe.unet))
         if got != sorted(metadata["modules"]):
             raise RestoreMismatch(
@@ -157,17 +196,30 @@ def _restore(pipe: DiffusionPipeline, cfg: QuantizeConfig, metadata: Metadata) -
                 f"recorded {sorted(metadata['modules'])}"
             )
         return
-    assign, _ = resolve(pipe.unet, cfg)
-    if assign != metadata["modules"]:
-        diff = sorted(set(assign.items()) ^ set(metadata["modules"].items()))
-        raise RestoreMismatch(f"quantize: rules resolve differently on this model: {diff[:5]}")
-    _quantize(pipe, cfg, str(pipe.device))
+    _check_resolves(pipe, cfg, metadata)
+    if "calibration" in metadata:
+        raise RestoreMismatch(
+            "quantize: calibrated formats depend on the calibration data, which a recipe does "
+            "not hold; load the saved artifact (compress.load) instead of restoring"
+        )
+    _quantize(pipe, cfg, RunContext(device=str(pipe.device)))
 
 
-@register_transform(QuantizeConfig, stage=Stage.numeric, restore=_restore)
+def _on_load(pipe: DiffusionPipeline, cfg: QuantizeConfig, metadata: Metadata) -> None:
+    """neural_compressor layers: empty layers of the recorded formats, filled by the saved
+    weights (diffusers' own quantizers load the other backends natively)."""
+    if metadata.get("backend") != "neural_compressor":
+        return
+    from compress.backends import neural_compressor
+
+    _check_resolves(pipe, cfg, metadata)
+    neural_compressor.shells(pipe.unet, metadata["modules"])
+
+
+@register_transform(QuantizeConfig, stage=Stage.numeric, restore=_restore, on_load=_on_load)
 def apply_quantize(pipe: DiffusionPipeline, cfg: QuantizeConfig, ctx: RunContext) -> Metadata:
     """Quantize the denoiser's Linear layers, each to the format of the first rule matching it."""
-    return _quantize(pipe, cfg, ctx.device)
+    return _quantize(pipe, cfg, ctx)
 
 
 NOT_FASTER = "quantized-but-not-faster"

@@ -18,7 +18,13 @@ from compress.backends import FORMATS
 from compress.context import RunContext
 from compress.errors import CompressError
 from compress.recipe import write_atomic
-from compress.transforms.quantize import PROTECTED, QuantizeConfig, apply_quantize, resolve
+from compress.transforms.quantize import (
+    PROTECTED,
+    QuantizeConfig,
+    apply_quantize,
+    backend_module,
+    resolve,
+)
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
@@ -69,7 +75,6 @@ def sensitivity(
     progress: Callable[[str], None] | None = None,
 ) -> list[Row]:
     """Rows for the full-precision baseline and each (block, format), one block quantized."""
-    from compress.backends import bitsandbytes, torchao
     from compress.evaluate.quality import get_metric
     from compress.evaluate.run import generate_images, place
 
@@ -79,7 +84,7 @@ def sensitivity(
     protect = list(PROTECTED) if protect is None else protect
     names = blocks(pipe, protect)
     for fmt in formats:  # every combination must be possible before minutes of generation
-        backend = torchao if FORMATS[fmt].backend == "torchao" else bitsandbytes
+        backend = backend_module(FORMATS[fmt].backend)
         for name in names:
             cfg = QuantizeConfig(rules=[{"match": name, "format": fmt}], protect=protect)
             backend.check(pipe.unet, resolve(pipe.unet, cfg)[0], settings.device)
