@@ -139,10 +139,10 @@ def save_lora(pipe: DiffusionPipeline, folder: Path) -> Path:
     import shutil
     import tempfile
 
-    from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
-    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.unet))
+    # peft's own key names: diffusers 0.42's convert_state_dict_to_diffusers mislabels attention
+    layers = get_peft_model_state_dict(pipe.unet)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.partial-"))
     type(pipe).save_lora_weights(tmp, unet_lora_layers=layers, safe_serialization=True)
