@@ -1,0 +1,53 @@
+"""Distillation knobs: the shipped spaces compile and replay with optuna's FixedTrial."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from optuna.trial import FixedTrial
+
+from compress.recipe import parse_recipe
+from compress.search.space import load_space
+
+
+def kinds(recipe) -> list[str]:
+    return [t.kind for t in recipe.transforms]
+
+
+def test_miniature_distill_space_builds_each_method() -> None:
+    space = load_space("miniature-distill")
+    lcm = space.suggest(
+        FixedTrial(
+            {
+                "method": "consistency",
+                "student_steps": 2,
+                "guidance_embedding": False,
+                "lora_rank": 8,
+            }
+        )
+    )
+    assert kinds(lcm) == ["distill_steps"]  # no sampler: the student sets its own
+    [cfg] = lcm.transforms
+    assert (cfg.student_steps, cfg.lora_rank, cfg.guidance_embedding) == (2, 8, False)
+    assert cfg.data == "miniature-digits" and cfg.guidance_scale == 4.0
+    assert parse_recipe(yaml.safe_load(lcm.to_yaml())) == lcm
+
+    embedded = space.suggest(
+        FixedTrial({"method": "consistency", "student_steps": 1, "guidance_embedding": True})
+    )
+    assert embedded.transforms[0].guidance_embedding and embedded.transforms[0].lora_rank == 0
+    with pytest.raises(ValueError, match="lora_rank"):  # asked only without an embedding
+        space.suggest(
+            FixedTrial({"method": "consistency", "student_steps": 1, "guidance_embedding": False})
+        )
+
+    guided = space.suggest(FixedTrial({"method": "guidance", "steps": 8}))
+    assert kinds(guided) == ["distill_guidance", "sampler"]
+    assert guided.transforms[1].steps == 8
+    assert kinds(space.suggest(FixedTrial({"method": "none", "steps": 20}))) == ["sampler"]
+    assert space.size() == 5 + 5 + 4 * (1 + 3)  # none and guidance: 5 step counts each
+
+
+def test_default_miniature_space_has_no_distillation() -> None:
+    space = load_space("miniature")
+    assert not {"distill_guidance", "distill_steps"} & set(space.spec.transforms)
