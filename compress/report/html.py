@@ -18,7 +18,8 @@ from compress.search.results import finalize, front_records
 
 CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
-h1 { margin-bottom: 0.2em; } .dim { color: #777; } code, pre { background: #f5f5f5; }
+h1 { margin-bottom: 0.2em; } .dim { color: #777; } .warn { color: #b00; }
+code, pre { background: #f5f5f5; }
 pre { padding: 0.6em; overflow-x: auto; } table { border-collapse: collapse; }
 td, th { padding: 0.25em 0.6em; border-bottom: 1px solid #e5e5e5; text-align: left; }
 .card { border: 1px solid #ddd; border-radius: 6px; padding: 0.8em 1.2em; margin: 1.2em 0; }
@@ -146,6 +147,7 @@ def _card(
     run: Path, r: TrialRecord, baseline: dict[str, Any], prompts: list[str], base_images: list[Path]
 ) -> str:
     speedup = baseline["latency_ms"] / r.latency_ms if baseline and r.latency_ms else None
+    warn = _not_faster(r)
     rows = "".join(
         f"<tr><td>{_esc(t.get('kind'))}</td><td>"
         f"{_esc(', '.join(f'{k}={v}' for k, v in t.items() if k != 'kind'))}</td></tr>"
@@ -165,12 +167,22 @@ def _card(
         f"<div class='card' id='trial-{r.number:04d}'><h3>{_esc(r.recipe)} "
         f"<span class='dim'>trial {r.number}</span></h3>"
         f"<p>latency <b>{r.latency_ms:.2f} ms</b>"
-        f"{f' ({speedup:.2f}x faster than baseline)' if speedup else ''}, quality "
+        f"{f' ({speedup:.2f}x faster than baseline)' if speedup else ''}"
+        f"{f' <b class=warn>{warn}</b>' if warn else ''}, quality "
         f"<b>{r.quality:.4f}</b>; recipe file <code>recipes/{_esc(data.get('name', r.recipe))}"
         f".yaml</code> (apply with <code>compress apply</code>)</p>"
         f"<table><tr><th>transform</th><th>parameters</th></tr>{rows}</table>{images}"
         f"<details><summary>recipe YAML</summary><pre>{_esc(text)}</pre></details></div>"
     )
+
+
+def _not_faster(r: TrialRecord) -> str:
+    """The plain-words speed flag of a quantized candidate no faster than its parent."""
+    from compress.transforms.quantize import NOT_FASTER
+
+    if NOT_FASTER in r.scores.get("flags", []):
+        return "quantized, but no faster than its unquantized parent"
+    return ""
 
 
 def _trials_table(records: list[TrialRecord], front: set[int]) -> str:
@@ -181,12 +193,16 @@ def _trials_table(records: list[TrialRecord], front: set[int]) -> str:
     )
     rows = []
     for r in records:
-        note = r.error or (
-            f"same knobs as trial {r.duplicate_of}"
-            if r.duplicate_of is not None
-            else ""
-            if r.feasible
-            else "infeasible"
+        note = (
+            r.error
+            or _not_faster(r)
+            or (
+                f"same knobs as trial {r.duplicate_of}"
+                if r.duplicate_of is not None
+                else ""
+                if r.feasible
+                else "infeasible"
+            )
         )
         cells = [
             r.number,

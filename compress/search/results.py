@@ -91,6 +91,7 @@ def finalize(run: Path, reference: Point | None = None) -> dict[str, Any]:
                 "latency_ms": r.latency_ms,
                 "quality": r.quality,
                 "params": r.params,
+                "flags": r.scores.get("flags", []),  # e.g. quantized-but-not-faster
             }
             for r in front
         ],

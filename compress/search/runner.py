@@ -241,6 +241,11 @@ def _tune(
         dtype=cfg.dtype,
         reference_images=reference_images(run) if cfg.metric == "fidelity" else [],
         metric_options=cfg.metric_options,
+        baseline_latency=(
+            (baseline["latency_ms"], baseline["scores"].get("latency_spread_ms") or 0.0)
+            if cfg.baseline_settings() == cfg.eval_settings()
+            else None
+        ),
     )
     callbacks: list[Any] = []
     progress = None

@@ -16,11 +16,12 @@ from typing import TYPE_CHECKING, Any
 
 from compress.recipe import write_atomic
 from compress.search.ledger import TrialRecord, read_records, trial_dir, write_json
+from compress.search.speed import flag_scores, parent_latency
 from compress.search.staging import TrialFailed, evaluate_stage, extend
 
 if TYPE_CHECKING:
     from compress.evaluate import Score
-    from compress.recipe import Recipe
+    from compress.recipe import Recipe, Scores
 
 RESERVED = ("number", "invalid")  # config keys that are not knobs
 
@@ -39,6 +40,8 @@ class TrialJob:
     dtype: str | None = None
     reference_images: list[str] = field(default_factory=list)  # baseline images (fidelity)
     metric_options: dict[str, Any] = field(default_factory=dict)  # weights, prompts
+    # (median, spread) ms of the uncompressed baseline when measured with `settings` exactly
+    baseline_latency: tuple[float, float] | None = None
 
 
 def _logger(path: Path) -> logging.Logger:
@@ -157,8 +160,9 @@ def _stages(
         pipe, applied = _build(job, recipe, folder, log)
         score = evaluate_stage(pipe, full, refs, log, "stage 2", job.metric_options)
     save_images(score.images, folder / "images")
-    save_recipe(_finished(applied, score, job, number), folder / "recipe.yaml")
-    yield _metrics(2, score, time.perf_counter() - t0, training)
+    scores = flag_scores(score.to_recipe_scores(), parent_latency(job, recipe, log))
+    save_recipe(_finished(applied, scores, job, number), folder / "recipe.yaml")
+    yield _metrics(2, score, time.perf_counter() - t0, training, scores)
 
 
 def same_knobs(run: Path, params: dict[str, Any], number: int) -> TrialRecord | None:
@@ -194,7 +198,7 @@ def _references(job: TrialJob) -> list[Any] | None:
     return [Image.open(p).convert("RGB") for p in job.reference_images]
 
 
-def _finished(applied: Recipe, score: Score, job: TrialJob, number: int) -> Recipe:
+def _finished(applied: Recipe, scores: Scores, job: TrialJob, number: int) -> Recipe:
     from compress.recipe import Provenance, library_versions
 
     provenance = Provenance(
@@ -203,15 +207,18 @@ def _finished(applied: Recipe, score: Score, job: TrialJob, number: int) -> Reci
         trial_id=f"{number:04d}",
         versions=library_versions(),
     )
-    return applied.model_copy(update={"scores": score.to_recipe_scores(), "provenance": provenance})
+    return applied.model_copy(update={"scores": scores, "provenance": provenance})
 
 
-def _metrics(stage: int, score: Score, seconds: float, training: bool) -> dict[str, Any]:
+def _metrics(
+    stage: int, score: Score, seconds: float, training: bool, scores: Scores | None = None
+) -> dict[str, Any]:
+    scores = scores or score.to_recipe_scores()
     return {
         "stage": stage,
         "latency_ms": float(score.latency_ms),
         "quality": float(score.quality),
-        "scores": score.to_recipe_scores().model_dump(mode="json"),
+        "scores": scores.model_dump(mode="json"),
         "components_ms": {k: float(v) for k, v in score.components_ms.items()},
         f"stage{stage}_s": seconds,
         f"stage{stage}_latency_ms": float(score.latency_ms),
