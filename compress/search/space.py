@@ -271,4 +271,8 @@ def parse_space(data: Any, source: str = "<space>") -> SearchSpace:
     except ValidationError as exc:
         lines = [f"  {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
         raise SpaceError(f"invalid search space {source}:\n" + "\n".join(lines)) from None
+    if spec.sensitivity is not None:
+        from compress.search.space_sensitivity import narrow
+
+        spec = narrow(spec, source)
     return SearchSpace(spec, source)

@@ -59,6 +59,14 @@ class Staged(_Strict):
     latency_tolerance: float = Field(0.05, ge=0)  # ...and at most this fraction slower
 
 
+class SensitivityFilter(_Strict):
+    """Keep only the block-group formats a `compress sensitivity` table allows (see
+    compress.search.space_sensitivity); formats the table did not measure stay."""
+
+    table: str  # .csv or .json, relative to the space file
+    max_drop: float = Field(ge=0)  # largest quality drop allowed, in the table's metric units
+
+
 class SpaceFile(_Strict):
     name: str
     description: str = ""
@@ -70,3 +78,4 @@ class SpaceFile(_Strict):
     staged: Staged = Field(default_factory=Staged)
     transforms: dict[str, TransformEntry] = Field(default_factory=dict)
     knobs: dict[str, Knob] = Field(min_length=1)
+    sensitivity: SensitivityFilter | None = None

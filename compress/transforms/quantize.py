@@ -62,17 +62,29 @@ class QuantizeConfig(TransformConfig):
     # denoiser inputs along sampling trajectories, for the calibrated formats (inc_static_int8,
     # inc_gptq_int4); other formats ignore it
     calibration: Calibration = Field(default_factory=Calibration)
+    # one format per block group, as rules placed ahead of `rules` (what search knobs set);
+    # None adds no rule, "none" keeps the group in full precision
+    down_blocks: FormatName | Literal["none"] | None = None
+    mid_block: FormatName | Literal["none"] | None = None
+    up_blocks: FormatName | Literal["none"] | None = None
 
     @field_validator("protect")
     @classmethod
     def _protect(cls, value: list[str]) -> list[str]:
         return [_check_pattern(v) for v in value]
 
+    def all_rules(self) -> list[Rule]:
+        """The block-group rules, then `rules`: the order in which they are matched."""
+        groups = {"down_blocks": self.down_blocks, "mid_block": self.mid_block}
+        groups["up_blocks"] = self.up_blocks
+        blocks = [Rule(match=f"re:{g}\\..*", format=f) for g, f in groups.items() if f]
+        return blocks + list(self.rules)
+
     def saves_natively(self) -> bool:
         """neural_compressor layers are saved as their own tensors and rebuilt on load."""
         return not any(
             r.format != "none" and FORMATS[r.format].backend == "neural_compressor"
-            for r in self.rules
+            for r in self.all_rules()
         )
 
 
@@ -98,8 +110,8 @@ def resolve(model: nn.Module, cfg: QuantizeConfig) -> tuple[dict[str, str], list
     modules = dict(model.named_modules())
     protected = sorted(n for n in linears if any(_covers(p, n) for p in cfg.protect))
     assign: dict[str, str] = {}
-    for i, rule in enumerate(cfg.rules):
-        where = f"rules[{i}] (match {rule.match!r}, format {rule.format!r})"
+    for rule in cfg.all_rules():
+        where = f"rule (match {rule.match!r}, format {rule.format!r})"
         if not rule.match.startswith("re:"):
             if rule.match not in modules:
                 raise CompressError(f"{where}: the denoiser has no module named {rule.match!r}")

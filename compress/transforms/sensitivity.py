@@ -165,6 +165,20 @@ def write_table(rows: list[Row], path: str | os.PathLike[str]) -> Path:
     return path
 
 
+def read_table(path: str | os.PathLike[str]) -> list[Row]:
+    """Rows written by `write_table` (.csv or .json)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CompressError(
+            f"sensitivity table {path} not found; write it with `compress sensitivity`"
+        )
+    if path.suffix == ".json":
+        return [Row.model_validate(r) for r in json.loads(path.read_text())]
+    if path.suffix == ".csv":
+        return [Row.model_validate(r) for r in csv.DictReader(io.StringIO(path.read_text()))]
+    raise CompressError(f"sensitivity table {path}: expected .csv or .json")
+
+
 def run_sensitivity(
     console: Any,
     *,

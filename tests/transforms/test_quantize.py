@@ -174,9 +174,22 @@ def test_search_space_builds_ptq_and_qat_recipes() -> None:
     from compress.search.space import load_space
 
     space = load_space("search_spaces/miniature-quantize.yaml")
-    ptq = space.recipe({"method": "ptq", "precision": "int4-ff-int8-rest"}, "p").transforms
-    assert [t.kind for t in ptq] == ["quantize"]
-    assert [r.format for r in ptq[0].rules] == ["intx4_weight_only", "int8_dynamic"]
+    values = {"method": "ptq", "backend": "torchao", "quant_down": "none"}
+    values |= {"quant_mid": "int8_dynamic", "quant_up": "intx4_weight_only"}
+    (ptq,) = space.recipe(values, "p").transforms
+    assert [(r.match, r.format) for r in ptq.all_rules()] == [
+        ("re:down_blocks\\..*", "none"),
+        ("re:mid_block\\..*", "int8_dynamic"),
+        ("re:up_blocks\\..*", "intx4_weight_only"),
+        ("re:.*", "none"),
+    ]
+    assign, _ = resolve(build_tiny_pipeline().unet, ptq)
+    assert {f for n, f in assign.items() if n.startswith("up_blocks.")} == {"intx4_weight_only"}
+    assert not any(n.startswith("down_blocks.") for n in assign)
+    values = {"method": "ptq", "backend": "neural_compressor", "inc_down": "inc_rtn_int4"}
+    values |= {"inc_mid": "inc_static_int8", "inc_up": "none", "calibration": "small"}
+    (inc,) = space.recipe(values, "i").transforms
+    assert inc.calibration.prompts == 4 and not inc.saves_natively()
     values = {"method": "qat", "qat_precision": "int8-weights", "qat_samples": 64}
     (qat,) = space.recipe(values, "q").transforms
     assert qat.kind == "qat" and qat.samples == 64 and qat.data == "miniature-digits"
