@@ -1,0 +1,164 @@
+"""Distillation figures on the miniature: the teacher at 20 steps with guidance and at 4/2/1
+steps, a guidance-distilled student (one denoiser call per step), and latent consistency students
+(full fine-tune and LoRA) sampled with LCMScheduler at 4/2/1 steps. Quality is the miniature's own
+judge (adherence, realism Frechet distance, combined; not a human-preference score); latency is
+the median CPU time per image. One consistency student serves every step count (a consistency
+model is trained once for any number of sampling steps, Luo et al. 2023).
+
+    python scripts/bench_distillation.py              # the full table (about 15 min on 2 CPUs)
+    python scripts/bench_distillation.py --quick      # smoke run: a few training steps, 4 prompts
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+GUIDANCE = 4.0  # the miniature's usual call: 20 steps, guidance 4
+
+
+def denoiser_calls(pipe: Any, kwargs: dict[str, Any]) -> int:
+    """Denoiser evaluations for one image (a classifier-free guided step counts twice)."""
+    from compress.generate import generate
+
+    seen: list[int] = []
+    handle = pipe.unet.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[0]))
+    try:
+        generate(pipe, ["a red digit seven"], 0, output_type="latent", **kwargs)
+    finally:
+        handle.remove()
+    return sum(seen)
+
+
+def row(name: str, pipe: Any, settings: Any, train_s: float | None) -> dict[str, Any]:
+    from compress.evaluate.latency import call_kwargs
+    from compress.evaluate.run import evaluate
+
+    kwargs = call_kwargs(pipe, settings)
+    kwargs = {k: kwargs[k] for k in ("num_inference_steps", "guidance_scale")}
+    score = evaluate(pipe, settings)
+    out = {
+        "setting": name,
+        "calls": denoiser_calls(pipe, kwargs),
+        "adherence": score.quality_parts["adherence"],
+        "realism_fd": score.quality_parts["realism_fd"],
+        "combined": score.quality,
+        "latency_ms": score.latency_ms,
+        "train_s": train_s,
+        **kwargs,
+    }
+    print(f"  {name}: {json.dumps({k: v for k, v in out.items() if k != 'setting'})}", flush=True)
+    return out
+
+
+def train(base: Any, transform: Any, name: str) -> tuple[Any, float]:
+    """A student distilled from `base` (left untouched) on the shared training loop."""
+    from compress.apply import apply_recipe
+    from compress.context import RunContext
+    from compress.recipe import Recipe
+
+    pipe = copy.deepcopy(base)
+    ctx = RunContext(teacher=base)
+    t0 = time.perf_counter()
+    apply_recipe(pipe, Recipe(name=name, transforms=[transform]), ctx)
+    seconds = time.perf_counter() - t0
+    loop = ctx.cache[transform.kind]
+    print(
+        f"trained {name} in {seconds:.1f} s ({loop.seconds / loop.steps:.2f} s per update; "
+        f"loss {loop.mean_loss(first=True):.4g} -> {loop.mean_loss(first=False):.4g})",
+        flush=True,
+    )
+    return pipe, seconds
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    cols = [
+        ("setting", "setting"),
+        ("calls", "denoiser calls/image"),
+        ("adherence", "judge adherence"),
+        ("realism_fd", "realism FD"),
+        ("combined", "combined"),
+        ("latency_ms", "CPU latency (ms/image)"),
+        ("train_s", "training (s)"),
+    ]
+
+    def fmt(v: Any) -> str:
+        if v is None:
+            return "-"
+        if isinstance(v, float):
+            return f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}"
+        return str(v)
+
+    lines = ["| " + " | ".join(h for _, h in cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(fmt(r.get(k)) for k, _ in cols) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="miniature")
+    ap.add_argument("--quick", action="store_true", help="smoke run: 2 training steps, 4 prompts")
+    ap.add_argument("--prompts", type=int, default=32, help="evaluation prompts (judge)")
+    ap.add_argument("--runs", type=int, default=3, help="timed runs per latency")
+    ap.add_argument("--guidance-steps", type=int, default=200, help="guidance student updates")
+    ap.add_argument("--lcm-steps", type=int, default=200, help="updates per consistency student")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--lora-rank", type=int, default=16)
+    ap.add_argument("--solver-steps", type=int, default=25, help="teacher DDIM grid for LCM")
+    ap.add_argument("--lr-guidance", type=float, default=3e-4)
+    ap.add_argument("--lr-full", type=float, default=2e-4)
+    ap.add_argument("--lr-lora", type=float, default=1e-3)
+    ap.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.prompts, args.runs, args.guidance_steps, args.lcm_steps = 4, 1, 2, 2
+
+    from compress._quiet import import_heavy
+
+    import_heavy()
+    from compress.evaluate.settings import EvalSettings
+    from compress.models.loading import load_pipeline
+    from compress.transforms.distill_guidance import DistillGuidanceConfig
+    from compress.transforms.distill_steps import DistillStepsConfig
+
+    def settings(steps: int, guidance: float | None) -> EvalSettings:
+        return EvalSettings(
+            metric="miniature",
+            num_prompts=args.prompts,
+            timed_runs=args.runs,
+            warmup=1,
+            steps=steps,
+            guidance_scale=guidance,  # None: the student's own call default
+        )
+
+    base = load_pipeline(args.model)
+    data = {"data": "miniature-digits", "samples": 1437, "batch_size": args.batch_size}
+    rows = [row(f"teacher {k} steps", base, settings(k, GUIDANCE), None) for k in (20, 4, 2, 1)]
+
+    cfg = DistillGuidanceConfig(steps=args.guidance_steps, lr=args.lr_guidance, **data)
+    student, secs = train(base, cfg, "guidance")
+    rows.append(row("guidance student 20 steps", student, settings(20, GUIDANCE), secs))
+    del student
+
+    lcm = {"guidance_scale": GUIDANCE, "solver_steps": args.solver_steps, **data}
+    for name, extra in [
+        ("LCM full", {"lr": args.lr_full}),
+        (f"LCM-LoRA r{args.lora_rank}", {"lr": args.lr_lora, "lora_rank": args.lora_rank}),
+    ]:
+        cfg = DistillStepsConfig(steps=args.lcm_steps, **lcm, **extra)
+        student, secs = train(base, cfg, name)
+        rows += [row(f"{name} {k} steps", student, settings(k, None), secs) for k in (4, 2, 1)]
+        del student
+
+    print(f"\n## Distillation on {args.model} (guidance {GUIDANCE}; judge: miniature)\n")
+    print(table(rows))
+    if args.json is not None:
+        args.json.write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
