@@ -5,7 +5,7 @@ judge (adherence, realism Frechet distance, combined; not a human-preference sco
 the median CPU time per image. One consistency student serves every step count (a consistency
 model is trained once for any number of sampling steps, Luo et al. 2023).
 
-    python scripts/bench_distillation.py              # the full table (about 15 min on 2 CPUs)
+    python scripts/bench_distillation.py              # the full table (<= 15 min on 2 idle CPUs)
     python scripts/bench_distillation.py --quick      # smoke run: a few training steps, 4 prompts
 """
 
@@ -101,11 +101,13 @@ def table(rows: list[dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="miniature")
-    ap.add_argument("--quick", action="store_true", help="smoke run: 2 training steps, 4 prompts")
+    ap.add_argument(
+        "--quick", action="store_true", help="smoke run: 2 training steps, 4 prompts, 1 timed run"
+    )
     ap.add_argument("--prompts", type=int, default=32, help="evaluation prompts (judge)")
     ap.add_argument("--runs", type=int, default=3, help="timed runs per latency")
-    ap.add_argument("--guidance-steps", type=int, default=200, help="guidance student updates")
-    ap.add_argument("--lcm-steps", type=int, default=200, help="updates per consistency student")
+    ap.add_argument("--guidance-steps", type=int, default=None, help="guidance student updates")
+    ap.add_argument("--lcm-steps", type=int, default=None, help="updates per consistency student")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--lora-rank", type=int, default=16)
     ap.add_argument("--solver-steps", type=int, default=25, help="teacher DDIM grid for LCM")
@@ -115,7 +117,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
     args = ap.parse_args(argv)
     if args.quick:
-        args.prompts, args.runs, args.guidance_steps, args.lcm_steps = 4, 1, 2, 2
+        args.prompts, args.runs = 4, 1
+    default = 2 if args.quick else 150
+    args.guidance_steps = args.guidance_steps or default
+    args.lcm_steps = args.lcm_steps or default
 
     from compress._quiet import import_heavy
 
