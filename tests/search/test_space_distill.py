@@ -7,7 +7,7 @@ import yaml
 from optuna.trial import FixedTrial
 
 from compress.recipe import parse_recipe
-from compress.search.space import load_space
+from compress.search.space import SPACES_DIR, load_space, parse_space
 
 
 def kinds(recipe) -> list[str]:
@@ -51,3 +51,32 @@ def test_miniature_distill_space_builds_each_method() -> None:
 def test_default_miniature_space_has_no_distillation() -> None:
     space = load_space("miniature")
     assert not {"distill_guidance", "distill_steps"} & set(space.spec.transforms)
+
+
+@pytest.mark.parametrize("name", ["sd15", "sdxl"])
+def test_commented_distillation_knobs_compile(name: str) -> None:
+    """The `#~` block of the GPU spaces, uncommented, gives valid distillation recipes."""
+    text = (SPACES_DIR / f"{name}.yaml").read_text()
+    assert "#~" in text and "distill_steps" not in load_space(name).spec.transforms
+    space = parse_space(yaml.safe_load(text.replace("#~", "")), f"{name} (uncommented)")
+    lcm = space.suggest(
+        FixedTrial(
+            {
+                "method": "consistency",
+                "student_steps": 4,
+                "guidance_embedding": False,
+                "lora_rank": 16,
+                "precision": "full",
+            }
+        )
+    )
+    assert kinds(lcm) == ["distill_steps"] and lcm.transforms[0].lora_rank == 16
+    params = {
+        "method": "guidance",
+        "scheduler": "euler",
+        "karras_sigmas": False,
+        "steps": 8,
+        "guidance_scale": 5.0,
+        "precision": "full",
+    }
+    assert kinds(space.suggest(FixedTrial(params))) == ["distill_guidance", "sampler"]
