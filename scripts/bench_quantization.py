@@ -36,6 +36,7 @@ def measure(args: argparse.Namespace, fmt: str, settings: Any, reference: Any) -
     from compress.transforms.quantize import QuantizeConfig, apply_quantize
 
     pipe = commands.load_for(args.model, args.arch, settings)
+    builtin = args.model == "miniature"
     layers, method = 0, "-"
     rules = [{"match": "re:.*", "format": fmt.removesuffix(" qat")}]
     if fmt.endswith(" qat"):
@@ -46,11 +47,16 @@ def measure(args: argparse.Namespace, fmt: str, settings: Any, reference: Any) -
         cfg = QATConfig(rules=rules, steps=args.qat_steps, samples=args.qat_samples)
         layers, method = len(apply_qat(pipe, cfg, ctx)["modules"]), f"QAT {args.qat_steps} steps"
     elif fmt != BASE:
-        ctx = RunContext(device=settings.device)
-        layers, method = (
-            len(apply_quantize(pipe, QuantizeConfig(rules=rules), ctx)["modules"]),
-            "PTQ",
-        )
+        from compress.evaluate.prompts import GENERAL_PROMPTS
+
+        # calibration prompts: the miniature's own digits prompts, else general ones (never the
+        # metric's prompts, which score the result)
+        ctx = RunContext(device=settings.device, prompts=[] if builtin else GENERAL_PROMPTS)
+        calibration = {"prompts": args.calib_prompts, "timesteps": args.calib_timesteps}
+        cfg = QuantizeConfig(rules=rules, calibration=calibration)
+        layers, method = len(apply_quantize(pipe, cfg, ctx)["modules"]), "PTQ"
+        if fmt in ("inc_static_int8", "inc_gptq_int4"):
+            method += f" ({args.calib_prompts} prompts x {args.calib_timesteps} timesteps)"
     row: dict[str, Any] = {
         "format": fmt.removesuffix(" qat"),
         "method": method,
@@ -90,6 +96,8 @@ def main() -> None:
     p.add_argument("--qat", default="", help="formats to also train with QAT (comma-separated)")
     p.add_argument("--qat-steps", type=int, default=200)
     p.add_argument("--qat-samples", type=int, default=64)
+    p.add_argument("--calib-prompts", type=int, default=4, help="calibrated formats (inc_*)")
+    p.add_argument("--calib-timesteps", type=int, default=8)
     p.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = p.parse_args()
     if args.qat and args.arch:
