@@ -117,6 +117,12 @@ def apply(
             f"sample with num_inference_steps={sampler.steps}, "
             f"guidance_scale={sampler.guidance_scale} (compress.load sets these as defaults)"
         )
+    elif applied.find("distill_steps") is not None:  # the consistency student's LCMScheduler call
+        md = next(r.metadata for r in applied.records if r.kind == "distill_steps")
+        console.print(
+            f"sample with num_inference_steps={md['num_inference_steps']}, "
+            f"guidance_scale={md['guidance_scale']} (compress.load sets these as defaults)"
+        )
 
 
 @recipe_app.command("validate")

@@ -124,13 +124,16 @@ def _loss_fn(cfg: DistillStepsConfig, teacher: DiffusionPipeline, uncond: Any, l
 def _add_lora(unet: nn.Module, rank: int) -> None:
     from peft import LoraConfig
 
+    from compress._quiet import quiet_imports
+
     unet.requires_grad_(False)
     targets = {n.rsplit(".", 1)[-1] for n, _ in unet.named_modules()}
     present = [t for t in LORA_TARGETS if t.rsplit(".", 1)[-1] in targets]
     config = LoraConfig(
         r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=present
     )
-    unet.add_adapter(config)  # only the adapter's parameters train
+    with quiet_imports():  # peft's layer dispatch imports neural-compressor, which logs on import
+        unet.add_adapter(config)  # only the adapter's parameters train
 
 
 def save_lora(pipe: DiffusionPipeline, folder: Path) -> Path:
