@@ -79,7 +79,11 @@ def _load_restructured(folder: Path, recipe: Recipe, **kwargs: Any) -> Diffusion
 
     from compress.models.loading import load_pipeline, parse_dtype
 
-    unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet"))
+    config = UNet2DConditionModel.load_config(folder / "unet")
+    for record in recipe.records:  # config fields a transform added: its on_load re-adds them
+        for key in record.metadata.get("unet_config_added", []):
+            config[key] = None
+    unet = UNet2DConditionModel.from_config(config)
     pipe = load_pipeline(str(folder), unet=unet, **kwargs)
     restore(pipe, recipe, only_replayed=True)
     state: dict[str, Any] = {}

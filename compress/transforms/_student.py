@@ -89,6 +89,13 @@ def add_guidance_embedding(unet: nn.Module, dim: int) -> None:
     unet.register_to_config(time_cond_proj_dim=dim)
 
 
+def readd_guidance_embedding(pipe: DiffusionPipeline, metadata: dict[str, Any]) -> None:
+    """On load of a restructured artifact: the embedding the transform added, before weights."""
+    dim = metadata.get("time_cond_proj_dim")
+    if dim and pipe.unet.config.time_cond_proj_dim is None:
+        add_guidance_embedding(pipe.unet, dim)
+
+
 def guidance_embedding(pipe: DiffusionPipeline, unet: nn.Module, scale: torch.Tensor) -> Any:
     """The pipeline's own embedding of `scale - 1` (what it feeds at sampling), or None."""
     dim = unet.config.time_cond_proj_dim

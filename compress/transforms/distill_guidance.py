@@ -16,6 +16,7 @@ from compress.transforms._student import (
     as_float,
     guidance_embedding,
     guided,
+    readd_guidance_embedding,
     teacher_of,
     training_data,
 )
@@ -68,7 +69,11 @@ def _loss_fn(
     return loss_fn
 
 
-@register_transform(DistillGuidanceConfig, stage=Stage.training, native=True)
+def _on_load(pipe: DiffusionPipeline, cfg: DistillGuidanceConfig, metadata: Metadata) -> None:
+    readd_guidance_embedding(pipe, metadata)
+
+
+@register_transform(DistillGuidanceConfig, stage=Stage.training, native=True, on_load=_on_load)
 def apply_distill_guidance(
     pipe: DiffusionPipeline, cfg: DistillGuidanceConfig, ctx: RunContext
 ) -> Metadata:
@@ -118,5 +123,6 @@ def apply_distill_guidance(
         "steps": result.steps,
         "batch_size": min(cfg.batch_size, len(data)),
         "time_cond_proj_dim": cfg.embedding_dim,
+        "unet_config_added": ["time_cond_proj_dim"],
         "guidance_range": [cfg.guidance_min, cfg.guidance_max],
     }

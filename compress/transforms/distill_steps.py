@@ -17,6 +17,7 @@ from compress.transforms._student import (
     as_float,
     guidance_embedding,
     guided,
+    readd_guidance_embedding,
     teacher_of,
     training_data,
     x0_eps,
@@ -156,6 +157,7 @@ def save_lora(pipe: DiffusionPipeline, folder: Path) -> Path:
 
 def _on_load(pipe: DiffusionPipeline, cfg: DistillStepsConfig, metadata: Metadata) -> None:
     """The folder holds the student and its LCMScheduler; steps and guidance are call args."""
+    readd_guidance_embedding(pipe, metadata)
     set_call_defaults(
         pipe,
         num_inference_steps=metadata["num_inference_steps"],
@@ -182,8 +184,13 @@ def apply_distill_steps(
         teacher.scheduler.config, original_inference_steps=cfg.solver_steps
     )
     data, info = training_data(pipe, cfg, ctx, cfg.kind)
+    added: Metadata = {}
     if cfg.guidance_embedding and student.config.time_cond_proj_dim is None:
         add_guidance_embedding(student, cfg.embedding_dim)
+        added = {
+            "time_cond_proj_dim": cfg.embedding_dim,
+            "unet_config_added": ["time_cond_proj_dim"],
+        }
     embedded = student.config.time_cond_proj_dim is not None
     dtype, flags = as_float(student), {n: p.requires_grad for n, p in student.named_parameters()}
     if cfg.lora_rank:
@@ -230,6 +237,7 @@ def apply_distill_steps(
         "batch_size": min(cfg.batch_size, len(data)),
         "guidance_embedding": embedded,
         "lora_rank": cfg.lora_rank,
+        **added,
         **call_defaults(pipe),
     }
 

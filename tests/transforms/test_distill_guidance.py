@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -12,12 +13,13 @@ from compress.apply import apply_recipe
 from compress.context import RunContext
 from compress.errors import CompressError, RecipeError
 from compress.generate import generate
+from compress.models.artifact import load_artifact, save_artifact
 from compress.models.tiny import build_tiny_pipeline
 from compress.recipe import Recipe, parse_recipe
 from compress.train.diffusion import encode_prompts, noisy, training_scheduler, unet_kwargs
 from compress.transforms._student import add_guidance_embedding, guidance_embedding, guided
 from compress.transforms.distill_guidance import DistillGuidanceConfig, apply_distill_guidance
-from compress.transforms.prune_blocks import PruneBlocksConfig
+from compress.transforms.prune_channels import PruneChannelsConfig
 
 PROMPTS = ["a red digit seven", "the blue digit two", "a green one", "an eight"]
 
@@ -111,13 +113,22 @@ def test_student_learns_the_guided_prediction_in_one_call() -> None:
 
 
 def test_pruned_student_learns_from_the_unpruned_teacher(tmp_path: Path) -> None:
+    """Channel pruning saves outside diffusers configs: the artifact replays it, then re-adds
+    the embedding before the weights load."""
     pipe = build_tiny_pipeline()
     n_params = sum(p.numel() for p in pipe.unet.parameters())
     cfg = DistillGuidanceConfig(steps=3, batch_size=2, samples=2, teacher_steps=1, embedding_dim=8)
-    ctx = RunContext(prompts=PROMPTS, out_dir=tmp_path)
-    apply_recipe(pipe, Recipe(name="p", transforms=[PruneBlocksConfig(preset="small"), cfg]), ctx)
+    ctx = RunContext(prompts=PROMPTS, out_dir=tmp_path / "work")
+    recipe = Recipe(name="p", transforms=[PruneChannelsConfig(ratio=0.25), cfg])
+    applied = apply_recipe(pipe, recipe, ctx)
     assert sum(p.numel() for p in ctx.teacher.unet.parameters()) == n_params
     assert sum(p.numel() for p in pipe.unet.parameters()) < n_params
     assert ctx.teacher.unet.config.time_cond_proj_dim is None
     assert pipe.unet.config.time_cond_proj_dim == 8
-    assert (tmp_path / "distill_guidance" / "checkpoint-3" / "trainer.json").is_file()
+    assert (tmp_path / "work" / "distill_guidance" / "checkpoint-3" / "trainer.json").is_file()
+
+    kw = {"num_inference_steps": 3, "guidance_scale": 3.0}
+    before = np.stack([np.asarray(im) for im in generate(pipe, PROMPTS[:2], 0, **kw)])
+    loaded = load_artifact(save_artifact(pipe, applied, tmp_path / "artifact"))
+    after = np.stack([np.asarray(im) for im in generate(loaded, PROMPTS[:2], 0, **kw)])
+    np.testing.assert_array_equal(after, before)
