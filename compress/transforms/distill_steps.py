@@ -34,7 +34,7 @@ LORA_TARGETS = [
     "to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",
     "conv1", "conv2", "conv_shortcut", "downsamplers.0.conv", "upsamplers.0.conv", "time_emb_proj",
 ]  # fmt: skip
-LORA_DIR = "lora"  # under the run's work folder: pytorch_lora_weights.safetensors
+LORA_DIR = "lora"  # <work dir>/distill_steps/lora/pytorch_lora_weights.safetensors
 
 
 class DistillStepsConfig(StudentTraining):
@@ -137,16 +137,13 @@ def _add_lora(unet: nn.Module, rank: int) -> None:
         unet.add_adapter(config)  # only the adapter's parameters train
 
 
-def save_lora(pipe: DiffusionPipeline, folder: Path) -> Path:
-    """The UNet's adapter in diffusers' LoRA format (for `pipe.load_lora_weights(folder)`)."""
+def save_lora(pipe: DiffusionPipeline, layers: dict[str, Any], folder: Path) -> Path:
+    """An adapter in diffusers' LoRA format, for `pipe.load_lora_weights(folder)` on any
+    checkpoint of the same base (LCM-LoRA's portability)."""
     import os
     import shutil
     import tempfile
 
-    from peft.utils import get_peft_model_state_dict
-
-    # peft's own key names: diffusers 0.42's convert_state_dict_to_diffusers mislabels attention
-    layers = get_peft_model_state_dict(pipe.unet)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.partial-"))
     type(pipe).save_lora_weights(tmp, unet_lora_layers=layers, safe_serialization=True)
@@ -213,8 +210,13 @@ def apply_distill_steps(
         folder = work / "train" if work is not None else None
         result = train(student, loss, loader, settings, teacher=teacher.unet, folder=folder)
         if cfg.lora_rank:
+            from peft.utils import get_peft_model_state_dict
+
+            # peft's key names: diffusers 0.42's convert_state_dict_to_diffusers mislabels attention
+            layers = {k: v.detach().clone() for k, v in get_peft_model_state_dict(student).items()}
+            ctx.cache[f"{cfg.kind}.lora"] = layers  # for save_lora without a work folder
             if work is not None:
-                save_lora(pipe, work / LORA_DIR)
+                save_lora(pipe, layers, work / LORA_DIR)
             student.fuse_lora(lora_scale=1.0)  # into the base weights: a plain diffusers UNet
             student.unload_lora()
     finally:

@@ -86,6 +86,7 @@ def test_lora_adapter_accelerates_another_checkpoint(tmp_path: Path) -> None:
     assert not any("lora" in k for k in pipe.unet.state_dict())  # fused: a plain UNet
     adapter = tmp_path / "distill_steps" / "lora"
     assert (adapter / "pytorch_lora_weights.safetensors").is_file()
+    assert ctx.cache["distill_steps.lora"]  # the adapter's tensors, also without a work folder
 
     student = latents(pipe)
     fresh = build_tiny_pipeline()  # the saved adapter reproduces the fused student
