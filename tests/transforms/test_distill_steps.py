@@ -147,3 +147,27 @@ def test_pruned_lora_student_resumes(tmp_path: Path) -> None:
     res = ctx.cache["distill_steps"]
     assert (res.resumed_from, res.steps, len(res.losses)) == (2, 3, 3)
     assert ctx.teacher.unet.num_parameters() > pipe.unet.num_parameters()  # the unpruned teacher
+
+
+def test_full_student_loads_in_plain_diffusers(tmp_path: Path) -> None:
+    from diffusers import DiffusionPipeline
+
+    pipe = build_tiny_pipeline()
+    cfg = DistillStepsConfig(
+        steps=2,
+        student_steps=3,
+        guidance_embedding=True,
+        embedding_dim=8,
+        guidance_scale=5.0,
+        **FAST,
+    )
+    applied = apply_recipe(pipe, Recipe(name="r", transforms=[cfg]), RunContext(prompts=PROMPTS))
+    assert applied.native
+    out = save_artifact(pipe, applied, tmp_path / "artifact")
+    plain = DiffusionPipeline.from_pretrained(out)
+    plain.set_progress_bar_config(disable=True)
+    assert type(plain.scheduler).__name__ == "LCMScheduler"
+    assert plain.unet.config.time_cond_proj_dim == 8
+    np.testing.assert_array_equal(
+        latents(plain, num_inference_steps=3, guidance_scale=5.0).numpy(), latents(pipe).numpy()
+    )
