@@ -90,8 +90,7 @@ def _gptq(model: nn.Module, names: list[str], run: Callable[[nn.Module], None]) 
         layer = model.get_submodule(name)
         solvers[name] = GPTQ(layer, layer.weight.data.clone().float(), "cpu")
         solvers[name].quantizer.configure(settings)
-        hook = lambda _m, inp, out, s=solvers[name]: s.add_batch(inp[0].data, out.data)  # noqa: E731
-        handles.append(layer.register_forward_hook(hook))
+        handles.append(layer.register_forward_hook(_collector(solvers[name])))
     try:
         run(model)
     finally:
@@ -112,6 +111,14 @@ def _gptq(model: nn.Module, names: list[str], run: Callable[[nn.Module], None]) 
         new.compress_format = "inc_gptq_int4"
         model.set_submodule(name, new.to(layer.weight.device))
         solver.free()
+
+
+def _collector(solver: Any) -> Callable[..., None]:
+    def hook(_module: nn.Module, inputs: tuple, output: Any) -> None:
+        x = inputs[0].data  # (batch, tokens, features) or (batch, features): one sample per call
+        solver.add_batch(x.reshape(1, -1, x.shape[-1]), output.data)
+
+    return hook
 
 
 def _shell(linear: nn.Linear) -> nn.Module:
