@@ -35,3 +35,15 @@ def test_kept_steps_are_even_and_bad_counts_are_refused(tiny_pipe) -> None:
         Calibration(timesteps=30, steps=20)
     with pytest.raises(CompressError, match="asks for 2 prompts"):
         capture(tiny_pipe, Calibration(prompts=2, timesteps=2, steps=2), ["one"])
+
+
+def test_sdxl_calls_keep_the_added_conditions() -> None:
+    from compress.models.tiny import build_tiny_sdxl_pipeline
+
+    pipe = build_tiny_sdxl_pipeline()
+    calls = capture(pipe, Calibration(prompts=2, timesteps=3, steps=4), ["a red seven", "a two"])
+    assert len(calls) == 3
+    for call in calls:
+        assert set(call["added_cond_kwargs"]) == {"text_embeds", "time_ids"}
+        assert call["added_cond_kwargs"]["time_ids"].shape[0] == call["sample"].shape[0] == 4
+    replay(pipe.unet, calls)  # the captured calls are complete denoiser inputs
