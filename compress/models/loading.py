@@ -75,4 +75,9 @@ def load_pipeline(
             f"{model!r} is a {type(pipe).__name__}; supported pipelines: {', '.join(SUPPORTED)}"
         )
     pipe.set_progress_bar_config(disable=True)
+    if model == "miniature":  # sampled at 20 steps and its tuned guidance, not diffusers' 50/7.5
+        from compress.generate import set_call_defaults
+        from compress.models.miniature.prompts import DEFAULT_CALL
+
+        set_call_defaults(pipe, **DEFAULT_CALL)
     return pipe.to(device)

@@ -31,15 +31,19 @@ def test_split_is_deterministic_disjoint_and_complete() -> None:
         D.load_split("test")
 
 
-def test_compose_places_colours_and_quadrant() -> None:
-    glyph = np.ones((1, 8, 8), np.float32)
-    attrs = np.array([[3, 2, 4, 3]])  # red ink on blue, bottom right
-    x = D.compose(glyph, attrs)[0]
-    assert x.shape == (3, 32, 32)
-    assert np.allclose(x[:, 2, 2].numpy(), D.COLOURS["blue"])
-    assert np.allclose(x[:, 24, 24].numpy(), D.COLOURS["red"])
+def test_compose_colours_and_sizes() -> None:
+    glyph = np.ones((2, 8, 8), np.float32)
+    attrs = np.array([[3, 2, 4, 0], [3, 2, 4, 1]])  # red ink on blue, small then large
+    small, large = D.compose(glyph, attrs)
+    assert small.shape == (3, 32, 32)
+    for x in (small, large):
+        assert np.allclose(x[:, 0, 0].numpy(), D.COLOURS["blue"])
+        assert np.allclose(x[:, 16, 16].numpy(), D.COLOURS["red"])
+    ink = np.array(D.COLOURS["red"], np.float32)[:, None, None]
+    area = [int(np.isclose(x.numpy(), ink).all(0).sum()) for x in (small, large)]
+    assert area == [side * side for side in D.SIZES.values()]  # centred squares of each side
     a = D.sample_attributes(np.random.default_rng(0), np.zeros(500, np.int64))
-    assert (a[:, 1] != a[:, 2]).all() and set(a[:, 3].tolist()) == {0, 1, 2, 3}
+    assert (a[:, 1] != a[:, 2]).all() and set(a[:, 3].tolist()) == {0, 1}
     x1, a1 = D.heldout(n_per_glyph=1)
     x2, a2 = D.heldout(n_per_glyph=1)
     assert np.array_equal(a1, a2) and bool((x1 == x2).all())
@@ -47,7 +51,7 @@ def test_compose_places_colours_and_quadrant() -> None:
 
 @pytest.mark.parametrize("variant", range(6))
 def test_prompt_round_trip_every_subset(variant: int) -> None:
-    names = {"digit": "seven", "ink": "red", "background": "blue", "position": "top left"}
+    names = {"digit": "seven", "ink": "red", "background": "blue", "size": "small"}
     for r in range(len(names) + 1):
         for keys in itertools.combinations(names, r):
             named = {k: names[k] for k in keys}
@@ -61,8 +65,8 @@ def test_parse_prompt_rejects_what_it_cannot_read() -> None:
         D.parse_prompt("a purple seven")
     with pytest.raises(CompressError, match="twice"):
         D.parse_prompt("a seven on a one")
-    with pytest.raises(CompressError, match="left or right"):
-        D.parse_prompt("a seven in the top")
+    with pytest.raises(CompressError, match="twice"):
+        D.parse_prompt("a small large seven")
 
 
 def test_training_prompts_name_true_attributes() -> None:
