@@ -259,6 +259,7 @@ def quality(
     ]
 
     def row(name: str, stage: str, s: Any, **extra: Any) -> dict[str, Any]:
+        print(f"  {name} {stage}: quality {s.quality:.4f} {extra}", file=sys.stderr, flush=True)
         return {
             "variant": name,
             "stage": stage,
