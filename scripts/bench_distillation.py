@@ -115,6 +115,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--lr-full", type=float, default=2e-4)
     ap.add_argument("--lr-lora", type=float, default=1e-3)
     ap.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
+    ap.add_argument(
+        "--only",
+        default="guidance,lcm-full,lcm-lora",
+        help="students to train (comma list of guidance, lcm-full, lcm-lora)",
+    )
     args = ap.parse_args(argv)
     if args.quick:
         args.prompts, args.runs = 4, 1
@@ -144,16 +149,24 @@ def main(argv: list[str] | None = None) -> None:
     data = {"data": "miniature-digits", "samples": 1437, "batch_size": args.batch_size}
     rows = [row(f"teacher {k} steps", base, settings(k, GUIDANCE), None) for k in (20, 4, 2, 1)]
 
-    cfg = DistillGuidanceConfig(steps=args.guidance_steps, lr=args.lr_guidance, **data)
-    student, secs = train(base, cfg, "guidance")
-    rows.append(row("guidance student 20 steps", student, settings(20, GUIDANCE), secs))
-    del student
+    only = set(args.only.split(","))
+    if "guidance" in only:
+        cfg = DistillGuidanceConfig(steps=args.guidance_steps, lr=args.lr_guidance, **data)
+        student, secs = train(base, cfg, "guidance")
+        rows.append(row("guidance student 20 steps", student, settings(20, GUIDANCE), secs))
+        del student
 
     lcm = {"guidance_scale": GUIDANCE, "solver_steps": args.solver_steps, **data}
-    for name, extra in [
-        ("LCM full", {"lr": args.lr_full}),
-        (f"LCM-LoRA r{args.lora_rank}", {"lr": args.lr_lora, "lora_rank": args.lora_rank}),
+    for key, name, extra in [
+        ("lcm-full", "LCM full", {"lr": args.lr_full}),
+        (
+            "lcm-lora",
+            f"LCM-LoRA r{args.lora_rank}",
+            {"lr": args.lr_lora, "lora_rank": args.lora_rank},
+        ),
     ]:
+        if key not in only:
+            continue
         cfg = DistillStepsConfig(steps=args.lcm_steps, **lcm, **extra)
         student, secs = train(base, cfg, name)
         rows += [row(f"{name} {k} steps", student, settings(k, None), secs) for k in (4, 2, 1)]
