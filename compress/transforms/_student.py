@@ -1,4 +1,4 @@
-"""Pieces the guidance and step distillation transforms share: their training data, the
+"""Pieces the distillation transforms share: their training data and loop settings, the
 guidance-scale embedding, the teacher's guided prediction and prediction-type conversions."""
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
     from torch import nn
 
+    from compress.train import TrainSettings
     from compress.train.data import LatentDataset
+    from compress.transforms.distill import DistillConfig
 
 
 class StudentTraining(TransformConfig):
@@ -44,8 +46,22 @@ def teacher_of(ctx: RunContext, kind: str) -> DiffusionPipeline:
     return ctx.teacher
 
 
+def train_settings(cfg: StudentTraining | DistillConfig) -> TrainSettings:
+    """The shared training loop's settings from a training transform's fields."""
+    from compress.train import TrainSettings
+
+    return TrainSettings(
+        steps=cfg.steps,
+        lr=cfg.lr,
+        grad_accum=cfg.grad_accum,
+        mixed_precision=cfg.mixed_precision,
+        seed=cfg.seed,
+        description=cfg.kind,
+    )
+
+
 def training_data(
-    pipe: DiffusionPipeline, cfg: StudentTraining, ctx: RunContext, kind: str
+    pipe: DiffusionPipeline, cfg: StudentTraining | DistillConfig, ctx: RunContext, kind: str
 ) -> tuple[LatentDataset, dict[str, Any]]:
     """Clean latents and conditioning from the configured source (teacher-drawn for prompts)."""
     from compress.train.data import build_dataset, speaks_miniature
@@ -62,7 +78,8 @@ def training_data(
         else:
             raise CompressError(
                 f"{kind} needs training data: a folder of images with captions (--data, "
-                "RunContext.data) or prompts for the teacher to draw (--prompts)"
+                "RunContext.data) or prompts for the teacher to draw (--prompts, "
+                "RunContext.prompts)"
             )
     return build_dataset(
         teacher,

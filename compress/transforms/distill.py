@@ -9,6 +9,7 @@ from pydantic import Field, model_validator
 
 from compress.context import RunContext
 from compress.errors import CompressError
+from compress.transforms._student import as_float, teacher_of, train_settings, training_data
 from compress.transforms._unet import feature_channels, feature_pairs
 from compress.transforms.base import Metadata, Stage, TransformConfig, register_transform
 
@@ -49,23 +50,6 @@ class DistillConfig(TransformConfig):
         if self.task_weight + self.output_weight + self.feature_weight <= 0:
             raise ValueError("one of task_weight, output_weight, feature_weight must be > 0")
         return self
-
-
-def _source(pipe: DiffusionPipeline, cfg: DistillConfig, ctx: RunContext) -> str:
-    from compress.train.data import speaks_miniature
-
-    if cfg.data != "auto":
-        return cfg.data
-    if ctx.data is not None:
-        return "images"
-    if ctx.prompts:
-        return "prompts"
-    if speaks_miniature(pipe):
-        return "miniature-digits"
-    raise CompressError(
-        "distill needs training data: a folder of images with captions (--data, "
-        "RunContext.data) or prompts for the teacher to draw (--prompts, RunContext.prompts)"
-    )
 
 
 class _Features:
@@ -134,44 +118,21 @@ def _loss_fn(
 @register_transform(DistillConfig, stage=Stage.training, native=True)
 def apply_distill(pipe: DiffusionPipeline, cfg: DistillConfig, ctx: RunContext) -> Metadata:
     """Fine-tune the (pruned) UNet towards the teacher on the shared training loop."""
-    import torch
 
-    from compress.train import TrainSettings, train
-    from compress.train.data import build_dataset
+    from compress.train import train
     from compress.train.diffusion import training_scheduler
 
-    teacher = ctx.teacher
-    if teacher is None:
-        raise CompressError("distill needs the uncompressed teacher pipeline (RunContext.teacher)")
-    source = _source(pipe, cfg, ctx)
-    data, info = build_dataset(
-        teacher,
-        source,
-        n=cfg.samples,
-        seed=cfg.seed,
-        folder=ctx.data,
-        prompts=ctx.prompts,
-        teacher=teacher,
-        teacher_steps=cfg.teacher_steps,
-    )
+    teacher = teacher_of(ctx, cfg.kind)
+    data, info = training_data(pipe, cfg, ctx, cfg.kind)
     student = pipe.unet
     pairs, channels = feature_pairs(student), feature_channels(student)
     missing = [b for _, b in pairs if b not in dict(teacher.unet.named_modules())]
     if missing:
         raise CompressError(f"the teacher has no modules {missing}: is it the uncompressed model?")
-    dtype, flags = student.dtype, [p.requires_grad for p in student.parameters()]
+    dtype, flags = as_float(student), [p.requires_grad for p in student.parameters()]
     student.requires_grad_(True)  # the whole UNet is fine-tuned
-    if dtype != torch.float32:  # optimizer state and updates in full precision
-        student.float()
     feats = _Features(student, teacher.unet, pairs)
-    settings = TrainSettings(
-        steps=cfg.steps,
-        lr=cfg.lr,
-        grad_accum=cfg.grad_accum,
-        mixed_precision=cfg.mixed_precision,
-        seed=cfg.seed,
-        description="distill",
-    )
+    settings = train_settings(cfg)
     folder = ctx.out_dir / "distill" if ctx.out_dir is not None else None
     try:
         loss = _loss_fn(cfg, training_scheduler(teacher), data.uncond, feats, pairs, channels)
@@ -187,8 +148,7 @@ def apply_distill(pipe: DiffusionPipeline, cfg: DistillConfig, ctx: RunContext) 
         feats.remove()
         for p, flag in zip(student.parameters(), flags, strict=True):
             p.requires_grad_(flag)
-        if dtype != torch.float32:
-            student.to(dtype)
+        student.to(dtype)
     ctx.cache["distill"] = result
     return {
         "data": info,

@@ -18,6 +18,7 @@ from compress.transforms._student import (
     guided,
     readd_guidance_embedding,
     teacher_of,
+    train_settings,
     training_data,
 )
 from compress.transforms.base import Metadata, Stage, register_transform
@@ -80,7 +81,7 @@ def apply_distill_guidance(
     """Add a zero-initialised guidance embedding and fit the student to the teacher's guided
     prediction at random scales, on the shared training loop; the teacher is the pipeline before
     the recipe ran (so a pruned student learns from the unpruned model)."""
-    from compress.train import TrainSettings, train
+    from compress.train import train
     from compress.train.diffusion import training_scheduler
 
     teacher = teacher_of(ctx, cfg.kind)
@@ -94,14 +95,7 @@ def apply_distill_guidance(
     add_guidance_embedding(student, cfg.embedding_dim)
     dtype, flags = as_float(student), [p.requires_grad for p in student.parameters()]
     student.requires_grad_(True)  # the whole UNet learns the guided prediction
-    settings = TrainSettings(
-        steps=cfg.steps,
-        lr=cfg.lr,
-        grad_accum=cfg.grad_accum,
-        mixed_precision=cfg.mixed_precision,
-        seed=cfg.seed,
-        description=cfg.kind,
-    )
+    settings = train_settings(cfg)
     folder = ctx.out_dir / cfg.kind if ctx.out_dir is not None else None
     try:
         loss = _loss_fn(cfg, teacher, data.uncond, training_scheduler(teacher))

@@ -19,6 +19,7 @@ from compress.transforms._student import (
     guided,
     readd_guidance_embedding,
     teacher_of,
+    train_settings,
     training_data,
     x0_eps,
 )
@@ -170,7 +171,7 @@ def apply_distill_steps(
     shared training loop, then sample with LCMScheduler at `student_steps`."""
     from diffusers import LCMScheduler
 
-    from compress.train import TrainSettings, train
+    from compress.train import train
 
     teacher = teacher_of(ctx, cfg.kind)
     student = pipe.unet
@@ -194,14 +195,7 @@ def apply_distill_steps(
         _add_lora(student, cfg.lora_rank)
     else:
         student.requires_grad_(True)
-    settings = TrainSettings(
-        steps=cfg.steps,
-        lr=cfg.lr,
-        grad_accum=cfg.grad_accum,
-        mixed_precision=cfg.mixed_precision,
-        seed=cfg.seed,
-        description=cfg.kind,
-    )
+    settings = train_settings(cfg)
     work = ctx.out_dir / cfg.kind if ctx.out_dir is not None else None
     try:
         cfg_seen = cfg if not embedded or cfg.guidance_embedding else _with_embedding(cfg)
