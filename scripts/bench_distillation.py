@@ -1,13 +1,13 @@
 """Distillation figures on the miniature: the teacher at 20 steps with guidance and at 4/2/1
-steps, a guidance-distilled student (one denoiser call per step), and latent consistency students
-(full fine-tune and LoRA) sampled with LCMScheduler at 4/2/1 steps. Quality is the miniature's own
-judge (adherence, realism Frechet distance, combined; not a human-preference score); latency is
-the median CPU time per image. One consistency student serves every step count (a consistency
-model is trained once for any number of sampling steps, Luo et al. 2023).
+steps, a guidance-distilled student (one denoiser call per step), latent consistency students
+(full fine-tune and LoRA; LCMScheduler) and trajectory students (DDIM, one per step count) at
+4/2/1 steps. Quality is the miniature's own judge (adherence, realism Frechet distance, combined;
+not a human-preference score); latency is the median CPU time per image. One consistency student
+serves every step count (Luo et al. 2023); a trajectory student is trained for its own count, and
+its margin over the teacher at that count gets a bootstrap interval on unseen seeds.
 
-    python scripts/bench_distillation.py              # the full table (<= 15 min on 2 idle CPUs)
-    python scripts/bench_distillation.py --quick      # smoke run: a few training steps, 4 prompts
-"""
+    python scripts/bench_distillation.py              # the full table (about 25 min on 2 CPUs)
+    python scripts/bench_distillation.py --quick      # smoke run: 2 training steps, 4 prompts"""
 
 from __future__ import annotations
 
@@ -55,6 +55,37 @@ def row(name: str, pipe: Any, settings: Any, train_s: float | None) -> dict[str,
     return out
 
 
+def margin(student: Any, teacher: Any, steps: int, seeds: int, rounds: int = 2000) -> dict:
+    """Student minus teacher (both at `steps`) in the combined score on every evaluation prompt
+    with `seeds` new seeds each, and its 95% interval from a paired bootstrap over images."""
+    import numpy as np
+
+    from compress.generate import generate
+    from compress.models.miniature.judge import FD_WEIGHT, MiniatureJudge
+    from compress.models.miniature.prompts import EVAL_PROMPTS, EVAL_SEEDS
+
+    judge = MiniatureJudge.load()
+    prompts = [p for p in EVAL_PROMPTS for _ in range(seeds)]
+    seeds_ = [s + 10_000 * (j + 1) for s in EVAL_SEEDS for j in range(seeds)]  # unseen in the table
+    parts = []
+    for pipe, kw in ((student, {}), (teacher, {"guidance_scale": GUIDANCE})):
+        images = generate(pipe, prompts, seeds_, num_inference_steps=steps, **kw)
+        parts.append(judge.per_image(images, prompts))
+
+    def combined(idx: Any) -> float:
+        (a_s, f_s), (a_t, f_t) = parts
+        fd_s, fd_t = judge.realism_fd(f_s[idx]), judge.realism_fd(f_t[idx])
+        adh = np.nanmean(a_s[idx]) - np.nanmean(a_t[idx])
+        return float(adh - FD_WEIGHT * (fd_s - fd_t))
+
+    rng = np.random.default_rng(0)
+    boot = [combined(rng.integers(0, len(prompts), len(prompts))) for _ in range(rounds)]
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    out = {"images": len(prompts), "diff": combined(np.arange(len(prompts))), "ci95": [lo, hi]}
+    print(f"  margin over the teacher at {steps} steps: {json.dumps(out)}", flush=True)
+    return out
+
+
 def train(base: Any, transform: Any, name: str) -> tuple[Any, float]:
     """A student distilled from `base` (left untouched) on the shared training loop."""
     from compress.apply import apply_recipe
@@ -84,11 +115,15 @@ def table(rows: list[dict[str, Any]]) -> str:
         ("combined", "combined"),
         ("latency_ms", "CPU latency (ms/image)"),
         ("train_s", "training (s)"),
+        ("margin", "vs teacher at same steps (95% CI)"),
     ]
 
     def fmt(v: Any) -> str:
         if v is None:
             return "-"
+        if isinstance(v, dict):  # a margin with its bootstrap interval
+            lo, hi = v["ci95"]
+            return f"{v['diff']:+.3f} [{lo:+.3f}, {hi:+.3f}]"
         if isinstance(v, float):
             return f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}"
         return str(v)
@@ -111,21 +146,28 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--lora-rank", type=int, default=16)
     ap.add_argument("--solver-steps", type=int, default=25, help="teacher DDIM grid for LCM")
+    ap.add_argument("--substeps", type=int, default=5, help="teacher steps per trajectory step")
+    ap.add_argument("--traj-steps", type=int, default=None, help="updates per trajectory student")
+    ap.add_argument(
+        "--margin-seeds", type=int, default=4, help="new seeds per prompt for the margin (0: off)"
+    )
+    ap.add_argument("--traj-counts", default="4,2,1", help="step counts of trajectory students")
     ap.add_argument("--lr-guidance", type=float, default=3e-4)
     ap.add_argument("--lr-full", type=float, default=2e-4)
     ap.add_argument("--lr-lora", type=float, default=1e-3)
     ap.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
     ap.add_argument(
         "--only",
-        default="guidance,lcm-full,lcm-lora",
-        help="students to train (comma list of guidance, lcm-full, lcm-lora)",
+        default="guidance,lcm-full,lcm-lora,traj-lora",
+        help="students to train (comma list of guidance, lcm-full, lcm-lora, traj-full, traj-lora)",
     )
     args = ap.parse_args(argv)
     if args.quick:
-        args.prompts, args.runs = 4, 1
+        args.prompts, args.runs, args.margin_seeds = 4, 1, 1
     default = 2 if args.quick else 150
     args.guidance_steps = args.guidance_steps or default
     args.lcm_steps = args.lcm_steps or default
+    args.traj_steps = args.traj_steps or (2 if args.quick else 300)
 
     from compress._quiet import import_heavy
 
@@ -171,6 +213,28 @@ def main(argv: list[str] | None = None) -> None:
         student, secs = train(base, cfg, name)
         rows += [row(f"{name} {k} steps", student, settings(k, None), secs) for k in (4, 2, 1)]
         del student
+
+    # a trajectory student is trained for one step count: one student per count
+    traj = {"guidance_scale": GUIDANCE, "method": "trajectory", "teacher_substeps": args.substeps}
+    for key, name, extra in [
+        ("traj-full", "trajectory full", {"lr": args.lr_full}),
+        (
+            "traj-lora",
+            f"trajectory LoRA r{args.lora_rank}",
+            {"lr": args.lr_lora, "lora_rank": args.lora_rank},
+        ),
+    ]:
+        if key not in only:
+            continue
+        for k in map(int, args.traj_counts.split(",")):
+            cfg = DistillStepsConfig(
+                steps=args.traj_steps, student_steps=k, **traj, **data, **extra
+            )
+            student, secs = train(base, cfg, f"{name} {k}-step")
+            rows.append(row(f"{name} {k} steps", student, settings(k, None), secs))
+            if args.margin_seeds:
+                rows[-1]["margin"] = margin(student, base, k, args.margin_seeds)
+            del student
 
     print(f"\n## Distillation on {args.model} (guidance {GUIDANCE}; judge: miniature)\n")
     print(table(rows))

@@ -1,5 +1,6 @@
 """Few-step student by latent consistency distillation (Luo et al. 2023, "Latent Consistency
-Models"), as a full fine-tune or a portable LoRA adapter (Luo et al. 2023, "LCM-LoRA")."""
+Models") or by trajectory distillation on a fixed grid (`_trajectory.py`), as a full fine-tune or
+a portable LoRA adapter (Luo et al. 2023, "LCM-LoRA")."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from compress.transforms._student import (
     training_data,
     x0_eps,
 )
+from compress.transforms._trajectory import student_scheduler, trajectory_loss
 from compress.transforms.base import Metadata, Stage, register_transform
 
 if TYPE_CHECKING:
@@ -39,7 +41,11 @@ LORA_DIR = "lora"  # <work dir>/distill_steps/lora/pytorch_lora_weights.safetens
 
 
 class DistillStepsConfig(StudentTraining):
-    """A student that samples in `student_steps` LCMScheduler steps, one denoiser call each.
+    """A student that samples in `student_steps` steps, one denoiser call each.
+
+    method `consistency`: an LCMScheduler student, good at any small step count (it re-noises
+    between steps). `trajectory`: a deterministic DDIM student trained for exactly
+    `student_steps`, each step matching `teacher_substeps` guided teacher DDIM steps.
 
     lora_rank 0 fine-tunes the whole UNet; > 0 trains a LoRA adapter (saved in diffusers' LoRA
     format, then fused). Without a guidance embedding the student distils the teacher at
@@ -48,13 +54,15 @@ class DistillStepsConfig(StudentTraining):
     """
 
     kind: Literal["distill_steps"] = "distill_steps"
+    method: Literal["consistency", "trajectory"] = "consistency"
     student_steps: int = Field(4, ge=1, le=50)
     lora_rank: int = Field(0, ge=0, le=512)
     guidance_embedding: bool = False
     guidance_scale: float = Field(7.5, ge=1.0, le=50.0)
     guidance_min: float = Field(2.0, ge=1.0, le=50.0)
     guidance_max: float = Field(8.0, ge=1.0, le=50.0)
-    solver_steps: int = Field(50, ge=2, le=1000)  # the teacher's DDIM skipping schedule
+    solver_steps: int = Field(50, ge=2, le=1000)  # consistency: the teacher's DDIM skipping grid
+    teacher_substeps: int = Field(5, ge=1, le=100)  # trajectory: teacher steps per student step
     loss: Literal["l2", "huber"] = "huber"
     huber_c: float = Field(0.001, gt=0.0)
 
@@ -67,7 +75,7 @@ class DistillStepsConfig(StudentTraining):
                 "a LoRA adapter cannot carry a new guidance embedding: set lora_rank 0 or "
                 "guidance_embedding false"
             )
-        if self.student_steps > self.solver_steps:
+        if self.method == "consistency" and self.student_steps > self.solver_steps:
             raise ValueError(f"student_steps must be <= solver_steps ({self.solver_steps})")
         return self
 
@@ -176,11 +184,17 @@ def apply_distill_steps(
     teacher = teacher_of(ctx, cfg.kind)
     student = pipe.unet
     total = teacher.scheduler.config.num_train_timesteps
-    if cfg.solver_steps > total:
-        raise CompressError(f"solver_steps must be <= the {total} training timesteps")
-    lcm = LCMScheduler.from_config(
-        teacher.scheduler.config, original_inference_steps=cfg.solver_steps
-    )
+    if cfg.solver_steps > total or cfg.student_steps * cfg.teacher_substeps > total:
+        raise CompressError(
+            f"solver_steps and student_steps x teacher_substeps must be <= the {total} training "
+            "timesteps"
+        )
+    if cfg.method == "trajectory":
+        sampler = student_scheduler(teacher.scheduler.config)
+    else:
+        sampler = LCMScheduler.from_config(
+            teacher.scheduler.config, original_inference_steps=cfg.solver_steps
+        )
     data, info = training_data(pipe, cfg, ctx, cfg.kind)
     added: Metadata = {}
     if cfg.guidance_embedding and student.config.time_cond_proj_dim is None:
@@ -199,7 +213,8 @@ def apply_distill_steps(
     work = ctx.out_dir / cfg.kind if ctx.out_dir is not None else None
     try:
         cfg_seen = cfg if not embedded or cfg.guidance_embedding else _with_embedding(cfg)
-        loss = _loss_fn(cfg_seen, teacher, data.uncond, lcm)
+        make_loss = trajectory_loss if cfg.method == "trajectory" else _loss_fn
+        loss = make_loss(cfg_seen, teacher, data.uncond, sampler)
         loader = data.loader(cfg.batch_size, cfg.seed)
         folder = work / "train" if work is not None else None
         result = train(student, loss, loader, settings, teacher=teacher.unet, folder=folder)
@@ -218,9 +233,7 @@ def apply_distill_steps(
             p.requires_grad_(flags.get(n, False))
         student.to(dtype)
     ctx.cache[cfg.kind] = result
-    pipe.scheduler = LCMScheduler.from_config(
-        pipe.scheduler.config, original_inference_steps=cfg.solver_steps
-    )
+    pipe.scheduler = sampler
     # one denoiser call per step: an embedded scale needs no unconditional pass
     set_call_defaults(
         pipe,
@@ -229,6 +242,7 @@ def apply_distill_steps(
     )
     return {
         "data": info,
+        "method": cfg.method,
         "steps": result.steps,
         "batch_size": min(cfg.batch_size, len(data)),
         "guidance_embedding": embedded,

@@ -75,6 +75,13 @@ def test_judge_scores_real_digits_high_and_noise_low(judge: MiniatureJudge) -> N
     assert rand.realism_fd > 5 * real.realism_fd
     assert real.combined > rand.combined
     assert set(real.per_attribute) == set(D.ATTRIBUTES)
+    # the per-image parts a bootstrap resamples add up to the set's score
+    prompts = [*EVAL_PROMPTS[:8], "a handwritten digit"]  # the last names no attribute
+    adherence, feats = judge.per_image(_pil(noise[:9]), prompts)
+    whole = judge.score(_pil(noise[:9]), prompts)
+    assert np.isnan(adherence[-1]) and feats.shape == (9, 64)
+    assert np.nanmean(adherence) == pytest.approx(whole.adherence)
+    assert judge.realism_fd(feats) == pytest.approx(whole.realism_fd)
 
 
 def test_generated_images_follow_prompts_and_scores_reproduce(pipe, judge) -> None:

@@ -19,7 +19,8 @@ def test_miniature_distill_space_builds_each_method() -> None:
     lcm = space.suggest(
         FixedTrial(
             {
-                "method": "consistency",
+                "method": "steps",
+                "step_method": "consistency",
                 "student_steps": 2,
                 "guidance_embedding": False,
                 "lora_rank": 8,
@@ -33,19 +34,35 @@ def test_miniature_distill_space_builds_each_method() -> None:
     assert parse_recipe(yaml.safe_load(lcm.to_yaml())) == lcm
 
     embedded = space.suggest(
-        FixedTrial({"method": "consistency", "student_steps": 1, "guidance_embedding": True})
+        FixedTrial(
+            {
+                "method": "steps",
+                "step_method": "trajectory",
+                "student_steps": 1,
+                "guidance_embedding": True,
+            }
+        )
     )
-    assert embedded.transforms[0].guidance_embedding and embedded.transforms[0].lora_rank == 0
+    [cfg] = embedded.transforms
+    assert cfg.method == "trajectory" and cfg.guidance_embedding and cfg.lora_rank == 0
     with pytest.raises(ValueError, match="lora_rank"):  # asked only without an embedding
         space.suggest(
-            FixedTrial({"method": "consistency", "student_steps": 1, "guidance_embedding": False})
+            FixedTrial(
+                {
+                    "method": "steps",
+                    "step_method": "consistency",
+                    "student_steps": 1,
+                    "guidance_embedding": False,
+                }
+            )
         )
 
     guided = space.suggest(FixedTrial({"method": "guidance", "steps": 8}))
     assert kinds(guided) == ["distill_guidance", "sampler"]
     assert guided.transforms[1].steps == 8
     assert kinds(space.suggest(FixedTrial({"method": "none", "steps": 20}))) == ["sampler"]
-    assert space.size() == 5 + 5 + 4 * (1 + 3)  # none and guidance: 5 step counts each
+    # none and guidance: 5 step counts each; steps: 2 methods x 4 counts x (embedding or 3 ranks)
+    assert space.size() == 5 + 5 + 2 * 4 * (1 + 3)
 
 
 def test_default_miniature_space_has_no_distillation() -> None:
@@ -62,7 +79,8 @@ def test_commented_distillation_knobs_compile(name: str) -> None:
     lcm = space.suggest(
         FixedTrial(
             {
-                "method": "consistency",
+                "method": "steps",
+                "step_method": "consistency",
                 "student_steps": 4,
                 "guidance_embedding": False,
                 "lora_rank": 16,

@@ -152,6 +152,21 @@ class MiniatureJudge:
             raise CompressError("the Frechet distance needs at least 2 images")
         return frechet_distance(*feature_stats(feats), self.mu, self.sigma)
 
+    def per_image(
+        self, images: list[Image.Image], prompts: list[str]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(N,) adherence of each image to its prompt (NaN where the prompt names nothing) and
+        (N, 64) features: the parts a paired bootstrap over images resamples."""
+        named = [parse_prompt(p) for p in prompts]
+        feats, probs = self._forward(images)
+        adherence = [
+            np.mean([float(probs[k][i, ATTRIBUTES[k].index(v)]) for k, v in a.items()])
+            if a
+            else np.nan
+            for i, a in enumerate(named)
+        ]
+        return np.asarray(adherence), feats.double().numpy()
+
     def score(self, images: list[Image.Image], prompts: list[str]) -> JudgeResult:
         """Adherence to each prompt's named attributes and realism of the whole set."""
         if len(images) != len(prompts):

@@ -1,0 +1,80 @@
+"""Trajectory distillation for a fixed few-step grid: each student DDIM step learns to land where
+the guided teacher's finer DDIM solve of the same segment lands. This is progressive
+distillation's target (Salimans & Ho 2022; on guided models, Meng et al. 2023 stage two) with all
+the halvings done in one round, the teacher taking `teacher_substeps` steps per student step."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from compress.transforms._student import guidance_embedding, guided, x0_eps
+
+if TYPE_CHECKING:
+    import torch
+    from diffusers import DDIMScheduler, DiffusionPipeline
+    from torch import nn
+
+    from compress.transforms.distill_steps import DistillStepsConfig
+
+
+def student_scheduler(config: Any) -> DDIMScheduler:
+    """The student's sampler: deterministic DDIM on trailing timesteps (the first step starts
+    from pure noise at t = T - 1, the last lands on the clean sample)."""
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler.from_config(
+        config, timestep_spacing="trailing", set_alpha_to_one=True, clip_sample=False
+    )
+
+
+def trajectory_loss(
+    cfg: DistillStepsConfig, teacher: DiffusionPipeline, uncond: Any, ddim: DDIMScheduler
+) -> Any:
+    """Loss on the clean sample implied by the segment's end point, weighted by max(SNR, 1)
+    (Salimans & Ho 2022's truncated SNR weighting)."""
+    import torch
+
+    from compress.train.diffusion import unet_kwargs
+
+    total = ddim.config.num_train_timesteps
+    kind = ddim.config.prediction_type
+    alpha_bar = torch.cat([ddim.alphas_cumprod, torch.ones(1)])  # index -1: the clean sample
+    ddim.set_timesteps(cfg.student_steps)
+    grid = ddim.timesteps.clone()  # (n,) the timesteps the student samples at
+    span = total // cfg.student_steps  # DDIMScheduler's distance to the previous timestep
+
+    def loss_fn(student: nn.Module, _: Any, batch: dict[str, torch.Tensor]) -> Any:
+        latents = batch.pop("latents")  # (B, C, h, w)
+        n, dev = latents.shape[0], latents.device
+        t = grid[torch.randint(0, len(grid), (n,))]  # (B,)
+        end = (t - span).clamp(min=-1)
+        if cfg.guidance_embedding:
+            lo, hi = cfg.guidance_min, cfg.guidance_max
+            scale = lo + (hi - lo) * torch.rand(n)
+        else:
+            scale = torch.full((n,), cfg.guidance_scale)
+        noise = torch.randn(latents.shape).to(latents)
+        a_t = alpha_bar[t].view(-1, 1, 1, 1).to(latents)
+        x_t = a_t.sqrt() * latents + (1 - a_t).sqrt() * noise
+        kw = unet_kwargs(batch)
+        with torch.no_grad():  # the guided teacher's DDIM solve of [t, end] in sub-steps
+            x, s = x_t, t
+            for j in range(1, cfg.teacher_substeps + 1):
+                nxt = (t - torch.round(j * (t - end).float() / cfg.teacher_substeps)).long()
+                ref = guided(teacher, x, s.to(dev), batch, uncond, scale)
+                x0, eps = x0_eps(ref, x, alpha_bar[s], kind)
+                a = alpha_bar[nxt].view(-1, 1, 1, 1).to(x)
+                x, s = a.sqrt() * x0 + (1 - a).sqrt() * eps, nxt
+            # the clean sample from which one DDIM step of the student lands on x
+            a_e = alpha_bar[end].view(-1, 1, 1, 1).to(x)
+            r = ((1 - a_e) / (1 - a_t)).sqrt()
+            target = (x - r * x_t) / (a_e.sqrt() - r * a_t.sqrt())
+        emb = guidance_embedding(teacher, student, scale)
+        if emb is not None:
+            kw["timestep_cond"] = emb.to(latents)
+        out = student(x_t, t.to(dev), **kw, return_dict=False)[0].float()
+        x0_student, _ = x0_eps(out, x_t, alpha_bar[t], kind)
+        snr = (a_t / (1 - a_t)).clamp(min=1.0)
+        return (snr * (x0_student - target) ** 2).mean()
+
+    return loss_fn
