@@ -198,42 +198,29 @@ def main(argv: list[str] | None = None) -> None:
         rows.append(row("guidance student 20 steps", student, settings(20, GUIDANCE), secs))
         del student
 
-    lcm = {"guidance_scale": GUIDANCE, "solver_steps": args.solver_steps, **data}
-    for key, name, extra in [
-        ("lcm-full", "LCM full", {"lr": args.lr_full}),
-        (
-            "lcm-lora",
-            f"LCM-LoRA r{args.lora_rank}",
-            {"lr": args.lr_lora, "lora_rank": args.lora_rank},
-        ),
+    # one consistency student serves every step count; a trajectory student is trained per count
+    lcm = {"method": "consistency", "solver_steps": args.solver_steps, "steps": args.lcm_steps}
+    traj = {"method": "trajectory", "teacher_substeps": args.substeps, "steps": args.traj_steps}
+    full, lora = {"lr": args.lr_full}, {"lr": args.lr_lora, "lora_rank": args.lora_rank}
+    counts = [int(k) for k in args.traj_counts.split(",")]
+    for key, name, extra, trained_for in [
+        ("lcm-full", "LCM full", {**lcm, **full}, [None]),
+        ("lcm-lora", f"LCM-LoRA r{args.lora_rank}", {**lcm, **lora}, [None]),
+        ("traj-full", "trajectory full", {**traj, **full}, counts),
+        ("traj-lora", f"trajectory LoRA r{args.lora_rank}", {**traj, **lora}, counts),
     ]:
         if key not in only:
             continue
-        cfg = DistillStepsConfig(steps=args.lcm_steps, **lcm, **extra)
-        student, secs = train(base, cfg, name)
-        rows += [row(f"{name} {k} steps", student, settings(k, None), secs) for k in (4, 2, 1)]
-        del student
-
-    # a trajectory student is trained for one step count: one student per count
-    traj = {"guidance_scale": GUIDANCE, "method": "trajectory", "teacher_substeps": args.substeps}
-    for key, name, extra in [
-        ("traj-full", "trajectory full", {"lr": args.lr_full}),
-        (
-            "traj-lora",
-            f"trajectory LoRA r{args.lora_rank}",
-            {"lr": args.lr_lora, "lora_rank": args.lora_rank},
-        ),
-    ]:
-        if key not in only:
-            continue
-        for k in map(int, args.traj_counts.split(",")):
-            cfg = DistillStepsConfig(
-                steps=args.traj_steps, student_steps=k, **traj, **data, **extra
-            )
-            student, secs = train(base, cfg, f"{name} {k}-step")
-            rows.append(row(f"{name} {k} steps", student, settings(k, None), secs))
-            if args.margin_seeds:
-                rows[-1]["margin"] = margin(student, base, k, args.margin_seeds)
+        for count in trained_for:
+            fields = {"guidance_scale": GUIDANCE, **data, **extra}
+            if count is not None:
+                fields["student_steps"] = count
+            label = name if count is None else f"{name} {count}-step"
+            student, secs = train(base, DistillStepsConfig(**fields), label)
+            for k in [count] if count is not None else [4, 2, 1]:
+                rows.append(row(f"{name} {k} steps", student, settings(k, None), secs))
+                if count is not None and args.margin_seeds:
+                    rows[-1]["margin"] = margin(student, base, k, args.margin_seeds)
             del student
 
     print(f"\n## Distillation on {args.model} (guidance {GUIDANCE}; judge: miniature)\n")

@@ -121,6 +121,16 @@ def guidance_embedding(pipe: DiffusionPipeline, unet: nn.Module, scale: torch.Te
     return pipe.get_guidance_scale_embedding(scale.float().cpu() - 1, embedding_dim=dim)
 
 
+def student_scales(cfg: Any, n: int) -> torch.Tensor:
+    """(n,) guidance scales to distil: drawn from [guidance_min, guidance_max] for a student that
+    takes the scale as input, else the fixed `guidance_scale`."""
+    import torch
+
+    if cfg.guidance_embedding:
+        return cfg.guidance_min + (cfg.guidance_max - cfg.guidance_min) * torch.rand(n)
+    return torch.full((n,), cfg.guidance_scale)
+
+
 def x0_eps(
     out: torch.Tensor, x: torch.Tensor, alpha_bar: torch.Tensor, kind: str
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from compress.transforms._student import guidance_embedding, guided, x0_eps
+from compress.transforms._student import guidance_embedding, guided, student_scales, x0_eps
 
 if TYPE_CHECKING:
     import torch
@@ -48,11 +48,7 @@ def trajectory_loss(
         n, dev = latents.shape[0], latents.device
         t = grid[torch.randint(0, len(grid), (n,))]  # (B,)
         end = (t - span).clamp(min=-1)
-        if cfg.guidance_embedding:
-            lo, hi = cfg.guidance_min, cfg.guidance_max
-            scale = lo + (hi - lo) * torch.rand(n)
-        else:
-            scale = torch.full((n,), cfg.guidance_scale)
+        scale = student_scales(cfg, n)  # (B,)
         noise = torch.randn(latents.shape).to(latents)
         a_t = alpha_bar[t].view(-1, 1, 1, 1).to(latents)
         x_t = a_t.sqrt() * latents + (1 - a_t).sqrt() * noise

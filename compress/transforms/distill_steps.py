@@ -19,6 +19,7 @@ from compress.transforms._student import (
     guidance_embedding,
     guided,
     readd_guidance_embedding,
+    student_scales,
     teacher_of,
     train_settings,
     training_data,
@@ -104,11 +105,7 @@ def _loss_fn(cfg: DistillStepsConfig, teacher: DiffusionPipeline, uncond: Any, l
         n, dev = latents.shape[0], latents.device
         t = solver_t[torch.randint(0, cfg.solver_steps, (n,))]
         t_prev = (t - skip).clamp(min=0)
-        if cfg.guidance_embedding:
-            lo, hi = cfg.guidance_min, cfg.guidance_max
-            scale = lo + (hi - lo) * torch.rand(n)  # (B,)
-        else:
-            scale = torch.full((n,), cfg.guidance_scale)
+        scale = student_scales(cfg, n)  # (B,)
         noise = torch.randn(latents.shape).to(latents)
         a = alpha_bar[t].view(-1, 1, 1, 1).to(latents)
         x_t = a.sqrt() * latents + (1 - a).sqrt() * noise
