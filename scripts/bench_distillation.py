@@ -55,7 +55,9 @@ def row(name: str, pipe: Any, settings: Any, train_s: float | None) -> dict[str,
     return out
 
 
-def margin(student: Any, teacher: Any, steps: int, seeds: int, rounds: int = 2000) -> dict:
+def margin(
+    student: Any, teacher: Any, steps: int, seeds: int, rounds: int = 2000, **student_kw: Any
+) -> dict:
     """Student minus teacher (both at `steps`) in the combined score on every evaluation prompt
     with `seeds` new seeds each, and its 95% interval from a paired bootstrap over images."""
     import numpy as np
@@ -68,7 +70,7 @@ def margin(student: Any, teacher: Any, steps: int, seeds: int, rounds: int = 200
     prompts = [p for p in EVAL_PROMPTS for _ in range(seeds)]
     seeds_ = [s + 10_000 * (j + 1) for s in EVAL_SEEDS for j in range(seeds)]  # unseen in the table
     parts = []
-    for pipe, kw in ((student, {}), (teacher, {"guidance_scale": GUIDANCE})):
+    for pipe, kw in ((student, student_kw), (teacher, {"guidance_scale": GUIDANCE})):
         images = generate(pipe, prompts, seeds_, num_inference_steps=steps, **kw)
         parts.append(judge.per_image(images, prompts))
 
@@ -86,8 +88,56 @@ def margin(student: Any, teacher: Any, steps: int, seeds: int, rounds: int = 200
     return out
 
 
-def train(base: Any, transform: Any, name: str) -> tuple[Any, float]:
-    """A student distilled from `base` (left untouched) on the shared training loop."""
+def fine_tuned_copy(base: Any, updates: int, seed: int = 1) -> Any:
+    """Another checkpoint of the same base: `base` trained further on the denoising loss."""
+    import torch.nn.functional as F
+
+    from compress.train import TrainSettings
+    from compress.train import train as fit
+    from compress.train.data import build_dataset
+    from compress.train.diffusion import noisy, training_scheduler, unet_kwargs
+
+    other = copy.deepcopy(base)
+    data, _ = build_dataset(other, "miniature-digits", n=1437, seed=seed)
+    sched = training_scheduler(other)
+
+    def loss(unet: Any, _: Any, batch: dict[str, Any]) -> Any:
+        x_t, t, target = noisy(sched, batch.pop("latents"))
+        return F.mse_loss(unet(x_t, t, **unet_kwargs(batch), return_dict=False)[0], target)
+
+    settings = TrainSettings(steps=updates, lr=1e-4, seed=seed, description="fine-tune")
+    fit(other.unet, loss, data.loader(16, seed), settings)
+    other.unet.eval()
+    return other
+
+
+def portability(base: Any, ctx: Any, steps: int, args: Any, settings: Any) -> list[dict]:
+    """The LoRA learned on `base` loaded onto a further fine-tuned copy, against that copy
+    sampled at the same step count with guidance (LCM-LoRA's portability, Luo et al. 2023)."""
+    import tempfile
+
+    from compress.transforms._trajectory import student_scheduler
+    from compress.transforms.distill_steps import save_lora
+
+    other = fine_tuned_copy(base, args.portability)
+    rows = [
+        row(f"fine-tuned copy {k} steps", other, settings(k, GUIDANCE), None) for k in (20, steps)
+    ]
+    fast = copy.deepcopy(other)
+    with tempfile.TemporaryDirectory() as tmp:
+        fast.load_lora_weights(save_lora(fast, ctx.cache["distill_steps.lora"], Path(tmp) / "a"))
+    fast.fuse_lora()
+    fast.unload_lora_weights()
+    fast.scheduler = student_scheduler(other.scheduler.config)
+    fast_settings = settings(steps, 1.0)
+    rows.append(row(f"copy + adapter from the miniature, {steps} steps", fast, fast_settings, None))
+    rows[-1]["margin"] = margin(fast, other, steps, args.margin_seeds, guidance_scale=1.0)
+    return rows
+
+
+def train(base: Any, transform: Any, name: str) -> tuple[Any, float, Any]:
+    """A student distilled from `base` (left untouched) on the shared training loop, the
+    seconds it took, and its RunContext."""
     from compress.apply import apply_recipe
     from compress.context import RunContext
     from compress.recipe import Recipe
@@ -103,7 +153,7 @@ def train(base: Any, transform: Any, name: str) -> tuple[Any, float]:
         f"loss {loop.mean_loss(first=True):.4g} -> {loop.mean_loss(first=False):.4g})",
         flush=True,
     )
-    return pipe, seconds
+    return pipe, seconds, ctx
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -151,6 +201,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--margin-seeds", type=int, default=4, help="new seeds per prompt for the margin (0: off)"
     )
+    ap.add_argument(
+        "--portability",
+        type=int,
+        default=0,
+        help="fine-tune a copy this many updates and load each trajectory LoRA onto it (0: off)",
+    )
     ap.add_argument("--traj-counts", default="4,2,1", help="step counts of trajectory students")
     ap.add_argument("--lr-guidance", type=float, default=3e-4)
     ap.add_argument("--lr-full", type=float, default=2e-4)
@@ -194,7 +250,7 @@ def main(argv: list[str] | None = None) -> None:
     only = set(args.only.split(","))
     if "guidance" in only:
         cfg = DistillGuidanceConfig(steps=args.guidance_steps, lr=args.lr_guidance, **data)
-        student, secs = train(base, cfg, "guidance")
+        student, secs, _ = train(base, cfg, "guidance")
         rows.append(row("guidance student 20 steps", student, settings(20, GUIDANCE), secs))
         del student
 
@@ -216,11 +272,13 @@ def main(argv: list[str] | None = None) -> None:
             if count is not None:
                 fields["student_steps"] = count
             label = name if count is None else f"{name} {count}-step"
-            student, secs = train(base, DistillStepsConfig(**fields), label)
+            student, secs, ctx = train(base, DistillStepsConfig(**fields), label)
             for k in [count] if count is not None else [4, 2, 1]:
                 rows.append(row(f"{name} {k} steps", student, settings(k, None), secs))
                 if count is not None and args.margin_seeds:
                     rows[-1]["margin"] = margin(student, base, k, args.margin_seeds)
+            if args.portability and key.endswith("lora") and count is not None:
+                rows += portability(base, ctx, count, args, settings)
             del student
 
     print(f"\n## Distillation on {args.model} (guidance {GUIDANCE}; judge: miniature)\n")
