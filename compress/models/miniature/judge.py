@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     import torch
     from PIL import Image
 
-JUDGE_VERSION = "miniature-judge-2"
+JUDGE_VERSION = "miniature-judge-3"
 JUDGE_FILE = Path(__file__).parent / "judge.safetensors"
 FEATURES = 64
 # combined = adherence - FD_WEIGHT * realism_fd. 48 real held-out digits sit near FD 50 (the
