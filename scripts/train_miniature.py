@@ -210,11 +210,11 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=32, help="UNet batch")
     # with every colour pair from the start, the UNet learnt colours but bound digit words to
     # shapes only weakly (digit 0.27 after 4,000 updates): it must learn each shape in 30 colour
-    # pairs. Black on white first binds the shapes (0.89 after 2,000 updates), then colours ramp in.
+    # pairs. Black on white first binds the shapes (0.89 after 2,000 updates), then all colours.
     p.add_argument(
         "--colour-ramp",
         type=lambda v: tuple(int(s) for s in v.split(",")),
-        default=(0, 2400),
+        default=(1000, 1000),
         metavar="START,END",
         help="UNet colour curriculum: black on white before START, all colours from END",
     )
