@@ -108,11 +108,30 @@ def test_judge_errors_are_clear(judge: MiniatureJudge, tmp_path: Path) -> None:
         judge.score([np.zeros((32, 32, 3))], ["a red seven"])
 
 
-def test_training_script_is_deterministic(tmp_path: Path, monkeypatch) -> None:
+def _training_script():
     script = ROOT / "scripts/train_miniature.py"
     spec = importlib.util.spec_from_file_location("train_miniature", script)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
+    return mod
+
+
+def test_colour_curriculum_draws_black_on_white_first() -> None:
+    mod = _training_script()
+    black, white = D.ATTRIBUTES["ink"].index("black"), D.ATTRIBUTES["background"].index("white")
+    data = mod.batches(np.random.default_rng(0), "train", 64, (2, 2))
+    for step in range(4):
+        x, attrs = next(data)
+        plain = (attrs[:, 1] == black) & (attrs[:, 2] == white)
+        if step < 2:  # every image black on white, and drawn so: white corners
+            assert plain.all() and torch.all(x[:, :, 0, 0] == 1.0)
+        else:  # the whole palette: of 64 random pairs, few are black on white
+            assert plain.mean() < 0.25 and x[:, :, 0, 0].std() > 0.2
+    assert [mod.colour_share(s, 10, 20) for s in (0, 10, 15, 20, 30)] == [0, 0, 0.5, 1, 1]
+
+
+def test_training_script_is_deterministic(tmp_path: Path, monkeypatch) -> None:
+    mod = _training_script()
     det, threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
     from safetensors.torch import load_file
 

@@ -23,9 +23,9 @@ if TYPE_CHECKING:
 JUDGE_VERSION = "miniature-judge-3"
 JUDGE_FILE = Path(__file__).parent / "judge.safetensors"
 FEATURES = 64
-# combined = adherence - FD_WEIGHT * realism_fd. 48 real held-out digits sit near FD 50 (the
-# small-sample floor) and 1-step samples near 400, so realism spans about 0.7 of the scale,
-# as adherence does (about 0.4 to 1): neither part drowns the other.
+# combined = adherence - FD_WEIGHT * realism_fd. 48 real held-out digits sit near FD 43 (the
+# small-sample floor) and 1-step samples near 300, so realism spans about 0.5 of the scale,
+# as adherence does (about 0.5 to 1): neither part drowns the other.
 FD_WEIGHT = 0.002
 
 
