@@ -30,8 +30,9 @@ from compress.models.miniature.prompts import DEFAULT_CALL, EVAL_PROMPTS, EVAL_S
 STEPS = (20, 8, 4, 2, 1)
 
 
-def judge_figures(judge: MiniatureJudge) -> list[str]:
-    """Accuracy on the held-out real set, and reference scores for real images and for noise."""
+def judge_figures(judge: MiniatureJudge, vae) -> list[str]:
+    """Accuracy on the held-out real set, and reference scores for real images, for the same
+    images after the VAE's round trip (what a perfect UNet could reach) and for noise."""
     x, attrs = D.heldout()
     probs = judge.predict(x)
     hits = np.stack([p.argmax(1) == attrs[:, i] for i, p in enumerate(probs.values())], 1)
@@ -43,6 +44,9 @@ def judge_figures(judge: MiniatureJudge) -> list[str]:
     pick = np.random.default_rng(7).choice(len(x), n, replace=False)
     real_prompts = [D.make_prompt(D.attrs_to_names(a)) for a in attrs[pick]]
     real = judge.score(_to_pil(x[pick]), real_prompts)
+    with torch.no_grad():
+        rec = vae.decode(vae.encode(x[pick] * 2 - 1).latent_dist.mean).sample
+    vae_rt = judge.score(_to_pil(((rec + 1) / 2).clamp(0, 1)), real_prompts)
     noise = torch.rand(
         (n, 3, D.IMAGE_SIZE, D.IMAGE_SIZE), generator=torch.Generator().manual_seed(0)
     )
@@ -58,7 +62,11 @@ def judge_figures(judge: MiniatureJudge) -> list[str]:
         "|---|---|---|---|",
         *(
             f"| {name} | {r.adherence:.3f} | {r.realism_fd:.2f} | {r.combined:.3f} |"
-            for name, r in (("real held-out digits", real), ("uniform noise", rand))
+            for name, r in (
+                ("real held-out digits", real),
+                ("the same, through the VAE and back", vae_rt),
+                ("uniform noise", rand),
+            )
         ),
     ]
 
@@ -124,7 +132,7 @@ def main() -> None:
 
     pipe = load_pipeline(args.model)
     judge = MiniatureJudge.load(args.judge)
-    print("\n".join(judge_figures(judge)), "\n")
+    print("\n".join(judge_figures(judge, pipe.vae)), "\n")
     g = float(DEFAULT_CALL["guidance_scale"])
     head = ("| setting | steps | guidance | adherence | " + " | ".join(D.ATTRIBUTES)
             + " | realism FD | combined | CPU ms/image |")  # fmt: skip
