@@ -26,6 +26,7 @@ from compress.recipe import write_atomic
 
 State = Literal["complete", "stopped", "failed", "interrupted"]
 SEARCH_FILE = "search.json"
+MODEL_FILE = "model.json"  # the digest of the weights the run started with
 
 
 class TrialRecord(BaseModel):

@@ -16,6 +16,7 @@ from compress.errors import CompressError
 from compress.recipe import write_atomic
 from compress.search.config import SearchConfig, save_config
 from compress.search.ledger import (
+    MODEL_FILE,
     SEARCH_FILE,
     TrialRecord,
     mark_interrupted,
@@ -86,6 +87,24 @@ def check_cluster(res: dict[str, float]) -> None:
             )
 
 
+def pin_model_weights(run: Path, model: str) -> None:
+    """Record the model's weights digest in a new run; on resume, refuse weights that changed,
+    which would mix trials scored on two different models in one front."""
+    from compress.models.loading import weights_digest
+
+    path, digest = run / MODEL_FILE, weights_digest(model)
+    if path.is_file():
+        started = read_json(path).get("weights_sha256")
+        if started != digest:
+            raise CompressError(
+                f"the weights of {model} changed since {run} started (sha256 {started} then, "
+                f"{digest} now); restore them to resume, or start a new search with --out"
+            )
+        return
+    run.mkdir(parents=True, exist_ok=True)
+    write_json(path, {"model": model, "weights_sha256": digest})
+
+
 def run_search(
     cfg: SearchConfig,
     space: SearchSpace,
@@ -111,6 +130,7 @@ def run_search(
             "or choose another --out"
         )
     resolve(cfg.model)  # a missing model fails here, not inside a Ray worker
+    pin_model_weights(run, cfg.model)
     try:
         EvalSettings(**cfg.baseline_settings())
     except ValueError as exc:

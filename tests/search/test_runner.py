@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 import yaml
 from typer.testing import CliRunner
 
 from compress.cli import app
+from compress.errors import CompressError
 from compress.recipe import load_recipe
 from compress.search.config import resolve_config, resume_config
 from compress.search.ledger import read_records, trial_dir, write_json
@@ -107,3 +110,18 @@ def test_resume_loses_no_finished_trial(first_run):
     with pytest.raises(Exception, match="started with other model"):
         resume_config(run, model="elsewhere")
     assert json.loads((run / "search.json").read_text())["trials"] == 5
+
+
+def test_resume_refuses_a_model_whose_weights_changed(tiny_dir: Path, tmp_path: Path) -> None:
+    from compress.search.runner import pin_model_weights
+
+    model, run = tmp_path / "pipe", tmp_path / "run"
+    shutil.copytree(tiny_dir, model)
+    pin_model_weights(run, str(model))
+    pin_model_weights(run, str(model))  # unchanged weights resume
+    weights = model / "unet" / "diffusion_pytorch_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 1  # one bit in the middle of the tensor data
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CompressError, match="changed since"):
+        pin_model_weights(run, str(model))
