@@ -49,7 +49,7 @@ def batches(rng: np.random.Generator, split: str, batch: int, ramp: tuple[int, i
     while True:
         idx = rng.integers(0, len(glyphs), batch)
         attrs = D.sample_attributes(rng, digits[idx])
-        if ramp is not None:
+        if ramp is not None:  # its own stream: the compositions drawn from `rng` stay the same
             plain = np.random.default_rng(step).random(batch) >= colour_share(step, *ramp)
             attrs[plain, 1] = D.ATTRIBUTES["ink"].index("black")
             attrs[plain, 2] = D.ATTRIBUTES["background"].index("white")

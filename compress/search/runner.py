@@ -101,7 +101,6 @@ def pin_model_weights(run: Path, model: str) -> None:
                 f"{digest} now); restore them to resume, or start a new search with --out"
             )
         return
-    run.mkdir(parents=True, exist_ok=True)
     write_json(path, {"model": model, "weights_sha256": digest})
 
 
@@ -130,12 +129,12 @@ def run_search(
             "or choose another --out"
         )
     resolve(cfg.model)  # a missing model fails here, not inside a Ray worker
-    pin_model_weights(run, cfg.model)
     try:
         EvalSettings(**cfg.baseline_settings())
     except ValueError as exc:
         raise CompressError(f"invalid evaluation settings: {exc}") from None
     run.mkdir(parents=True, exist_ok=True)
+    pin_model_weights(run, cfg.model)  # before anything of a resumed run is rewritten
     save_config(cfg)
     if not (run / "space.yaml").exists():
         write_atomic(

@@ -117,6 +117,7 @@ def test_resume_refuses_a_model_whose_weights_changed(tiny_dir: Path, tmp_path: 
 
     model, run = tmp_path / "pipe", tmp_path / "run"
     shutil.copytree(tiny_dir, model)
+    run.mkdir()
     pin_model_weights(run, str(model))
     pin_model_weights(run, str(model))  # unchanged weights resume
     weights = model / "unet" / "diffusion_pytorch_model.safetensors"
