@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import platform
 import statistics
@@ -10,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, Field
 
 from compress.errors import CompressError
+from compress.models.denoiser import denoiser
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
@@ -61,7 +63,7 @@ def call_kwargs(pipe: DiffusionPipeline, settings: EvalSettings) -> dict[str, An
         return recorded.get(key, params[key].default)
 
     factor = pipe.vae_scale_factor
-    size = settings.resolution or pipe.unet.config.sample_size * factor
+    size = settings.resolution or denoiser(pipe).config.sample_size * factor
     if size % 8:
         raise CompressError(f"resolution {size} must be a multiple of 8")
     return {
@@ -75,7 +77,7 @@ def call_kwargs(pipe: DiffusionPipeline, settings: EvalSettings) -> dict[str, An
 def resolved_settings(pipe: DiffusionPipeline, settings: EvalSettings, threads: int) -> dict:
     """The settings as actually run: no None left (dtype, resolution, steps, guidance, threads)."""
     kw = call_kwargs(pipe, settings)
-    dtype = str(pipe.unet.dtype).removeprefix("torch.")
+    dtype = str(denoiser(pipe).dtype).removeprefix("torch.")
     return settings.model_dump() | {
         "dtype": dtype,
         "resolution": kw["height"],
@@ -112,50 +114,91 @@ def versions() -> dict[str, str]:
     return out
 
 
+class Runner:
+    """One pipeline ready to be timed: its call, batch, clock and component timer.
+
+    Used as a context manager (the timers and any compile wrapper stay installed for its span),
+    so that several pipelines can be timed in alternation by `compress.evaluate.paired`.
+    """
+
+    def __init__(
+        self, pipe: DiffusionPipeline, settings: EvalSettings, prompts: list[str] | None = None
+    ) -> None:
+        from compress.evaluate.prompts import GENERAL_PROMPTS
+        from compress.evaluate.timing import Clock
+
+        if settings.compile and settings.warmup < 1:
+            raise CompressError(
+                "compile needs at least one warm-up run (compilation happens in it)"
+            )
+        self.pipe, self.settings = pipe, settings
+        self.kwargs = call_kwargs(pipe, settings)
+        pool = prompts or GENERAL_PROMPTS
+        self.batch = [pool[i % len(pool)] for i in range(settings.batch_size)]
+        self.device = pipe._execution_device
+        self.clock = Clock(self.device)
+        self._stack: contextlib.ExitStack | None = None
+        self.timer: Any = None
+        self.threads = 0
+
+    def __enter__(self) -> Runner:
+        from compress.evaluate.timing import ComponentTimer, compiled, cpu_threads
+
+        stack = contextlib.ExitStack()
+        self.threads = stack.enter_context(cpu_threads(self.settings.threads))
+        stack.enter_context(compiled(self.pipe, self.settings.compile))
+        self.timer = stack.enter_context(ComponentTimer(self.pipe, self.clock))
+        self._stack = stack
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._stack is not None
+        self._stack.close()
+        self._stack = None
+
+    def run(self) -> tuple[float, dict[str, float]]:
+        """One end-to-end call: (ms, per-component ms with `other` the rest of the run)."""
+        import torch
+
+        n = len(self.batch)
+        gens = [torch.Generator("cpu").manual_seed(self.settings.seed + i) for i in range(n)]
+        self.timer.reset()
+        self.clock.sync()
+        start = self.clock.mark()
+        with torch.inference_mode():
+            self.pipe(prompt=self.batch, generator=gens, output_type="pil", **self.kwargs)
+        end = self.clock.mark()
+        self.clock.sync()
+        total = self.clock.ms(start, end)
+        parts = self.timer.totals_ms()
+        parts["other"] = max(total - sum(parts.values()), 0.0)
+        return total, parts
+
+    def resolved(self) -> dict[str, Any]:
+        return resolved_settings(self.pipe, self.settings, self.threads)
+
+
 def measure_latency(
     pipe: DiffusionPipeline, settings: EvalSettings, prompts: list[str] | None = None
 ) -> LatencyResult:
     """Median and spread of `settings.timed_runs` end-to-end calls after `settings.warmup` ones."""
     import torch
 
-    from compress.evaluate.prompts import GENERAL_PROMPTS
-    from compress.evaluate.timing import Clock, ComponentTimer, compiled, cpu_threads
-
-    if settings.compile and settings.warmup < 1:
-        raise CompressError("compile needs at least one warm-up run (compilation happens in it)")
-    kwargs = call_kwargs(pipe, settings)
-    pool = prompts or GENERAL_PROMPTS
-    batch = [pool[i % len(pool)] for i in range(settings.batch_size)]
-    device = pipe._execution_device
-    clock = Clock(device)
-
-    def run_once(timer: ComponentTimer) -> float:
-        gens = [torch.Generator("cpu").manual_seed(settings.seed + i) for i in range(len(batch))]
-        timer.reset()
-        clock.sync()
-        start = clock.mark()
-        with torch.inference_mode():
-            pipe(prompt=batch, generator=gens, output_type="pil", **kwargs)
-        end = clock.mark()
-        clock.sync()
-        return clock.ms(start, end)
-
-    with cpu_threads(settings.threads) as threads, compiled(pipe, settings.compile):
-        with ComponentTimer(pipe, clock) as timer:
-            warm = [run_once(timer) for _ in range(settings.warmup)]
-            if clock.cuda:
-                torch.cuda.reset_peak_memory_stats(device)
-            runs: list[float] = []
-            parts: dict[str, list[float]] = {}
-            for _ in range(settings.timed_runs):
-                runs.append(run_once(timer))
-                totals = timer.totals_ms()
-                totals["other"] = max(runs[-1] - sum(totals.values()), 0.0)
-                for k, v in totals.items():
-                    parts.setdefault(k, []).append(v)
-            calls = timer.calls()
-        settings_run = resolved_settings(pipe, settings, threads)
-    peak = torch.cuda.max_memory_allocated(device) / 2**20 if clock.cuda else None
+    with Runner(pipe, settings, prompts) as runner:
+        warm = [runner.run()[0] for _ in range(settings.warmup)]
+        if runner.clock.cuda:
+            torch.cuda.reset_peak_memory_stats(runner.device)
+        runs: list[float] = []
+        parts: dict[str, list[float]] = {}
+        for _ in range(settings.timed_runs):
+            total, totals = runner.run()
+            runs.append(total)
+            for k, v in totals.items():
+                parts.setdefault(k, []).append(v)
+        calls = runner.timer.calls()
+        settings_run = runner.resolved()
+    device = runner.device
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if runner.clock.cuda else None
     median = statistics.median(runs)
     return LatencyResult(
         median_ms=median,
@@ -169,7 +212,7 @@ def measure_latency(
         peak_memory_mb=peak,
         device=str(device),
         device_name=device_name(device),
-        threads=threads,
+        threads=runner.threads,
         settings=settings_run,
         versions=versions(),
     )

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 from compress.errors import CompressError
 from compress.evaluate.latency import call_kwargs, measure_latency
 from compress.evaluate.settings import EvalSettings, Score
+from compress.models.denoiser import denoiser
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
@@ -35,12 +36,13 @@ def place(pipe: DiffusionPipeline, settings: EvalSettings) -> DiffusionPipeline:
     check_device(settings.device)
     device = torch.device(settings.device)
     dtype = parse_dtype(settings.dtype)
-    if pipe.unet.device.type == "meta":
+    net = denoiser(pipe)
+    if net.device.type == "meta":
         raise CompressError(
             "the pipeline is on the meta device (structure only); build it on "
             "the target device to measure it"
         )
-    if pipe._execution_device != device or (dtype is not None and pipe.unet.dtype != dtype):
+    if pipe._execution_device != device or (dtype is not None and net.dtype != dtype):
         pipe.to(device=device, dtype=dtype)
     return pipe
 

@@ -8,12 +8,14 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from compress.models.denoiser import denoiser, set_denoiser
+
 if TYPE_CHECKING:
     import torch
     from diffusers import DiffusionPipeline
 
 COMPONENTS = ("text_encoder", "denoiser", "vae_decode")
-TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
+TEXT_ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3")
 _MISSING = object()
 
 
@@ -86,7 +88,7 @@ class ComponentTimer:
         for name in TEXT_ENCODERS:
             if getattr(self.pipe, name, None) is not None:
                 self._hook(getattr(self.pipe, name), "text_encoder")
-        self._hook(self.pipe.unet, "denoiser")
+        self._hook(denoiser(self.pipe), "denoiser")
         vae = self.pipe.vae
         self._vae_decode = vae.__dict__.get("decode", _MISSING)
         inner: Callable[..., Any] = vae.decode
@@ -128,14 +130,14 @@ def compiled(pipe: DiffusionPipeline, enabled: bool) -> Iterator[None]:
     options: dict[str, Any] = {"backend": os.environ.get("COMPRESS_COMPILE_BACKEND", "inductor")}
     if os.environ.get("COMPRESS_COMPILE_MODE"):
         options["mode"] = os.environ["COMPRESS_COMPILE_MODE"]
-    unet, vae = pipe.unet, pipe.vae
+    net, vae = denoiser(pipe), pipe.vae
     previous = vae.__dict__.get("decode", _MISSING)
-    pipe.unet = torch.compile(unet, **options)
+    set_denoiser(pipe, torch.compile(net, **options))
     vae.decode = torch.compile(vae.decode, **options)
     try:
         yield
     finally:
-        pipe.unet = unet
+        set_denoiser(pipe, net)
         _restore_attr(vae, "decode", previous)
 
 

@@ -1,0 +1,140 @@
+"""Paired timing: a candidate timed in alternation with its references in one process.
+
+Latencies measured minutes apart, or while other work shares the cores, are not comparable on a
+busy machine; ratios of runs taken side by side are. After warm-up, each round times every
+pipeline once, the order reversed on every other round (A B, B A, ...) so that neither side
+always runs in the other's wake. Per reference, the speed-up is the median of the per-round
+ratios (reference ms / candidate ms), with a percentile bootstrap interval over rounds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, Field
+
+from compress.errors import CompressError
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
+
+    from compress.evaluate.settings import EvalSettings
+
+CANDIDATE = "candidate"
+
+
+class Ratio(BaseModel):
+    """Median per-round ratio and its 95% bootstrap interval (`low`, `high`)."""
+
+    median: float
+    low: float
+    high: float
+
+    @property
+    def ci(self) -> list[float]:
+        return [self.low, self.high]
+
+    @property
+    def above_one(self) -> bool:
+        """True when the whole interval lies above 1 (the candidate is really faster)."""
+        return self.low > 1.0
+
+
+class PairedTiming(BaseModel):
+    """Every round of one paired measurement, and the ratios derived from them."""
+
+    rounds: int
+    warmup: int
+    runs_ms: dict[str, list[float]]  # pipeline name -> end-to-end ms, one per round
+    components_ms: dict[str, dict[str, list[float]]]  # name -> component -> ms per round
+    calls_per_run: dict[str, dict[str, int]]  # name -> component -> calls in one run
+    speedup: dict[str, Ratio]  # reference name -> reference ms / candidate ms
+    component_ratio: dict[str, dict[str, Ratio]] = Field(default_factory=dict)  # cand / ref
+    settings: dict[str, dict[str, Any]]  # name -> settings as run
+    threads: int
+
+    def median_ms(self, name: str = CANDIDATE) -> float:
+        return statistics.median(self.runs_ms[name])
+
+    def spread_ms(self, name: str = CANDIDATE) -> float:
+        from compress.evaluate.latency import iqr
+
+        return iqr(self.runs_ms[name])
+
+
+def bootstrap_median(values: list[float], resamples: int = 2000, seed: int = 0) -> Ratio:
+    """Median of `values` with a 95% percentile-bootstrap interval (fixed seed: reproducible)."""
+    import numpy as np
+
+    x = np.asarray(values, dtype=float)
+    if x.size == 0:
+        raise CompressError("no rounds to summarise")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, x.size, size=(resamples, x.size))
+    medians = np.median(x[idx], axis=1)
+    low, high = np.percentile(medians, [2.5, 97.5])
+    return Ratio(median=float(np.median(x)), low=float(low), high=float(high))
+
+
+def paired_latency(
+    candidate: DiffusionPipeline,
+    references: dict[str, tuple[DiffusionPipeline, EvalSettings]],
+    settings: EvalSettings,
+    *,
+    rounds: int,
+    prompts: list[str] | None = None,
+) -> PairedTiming:
+    """Time `candidate` (with `settings`) against each reference (with its own settings, e.g.
+    the baseline's usual steps and guidance) in `rounds` alternating rounds after
+    `settings.warmup` warm-up runs of each."""
+    from compress.evaluate.latency import Runner
+
+    if rounds < 2:
+        raise CompressError(f"paired timing needs at least 2 rounds, got {rounds}")
+    if CANDIDATE in references:
+        raise CompressError(f"a reference may not be named {CANDIDATE!r}")
+    pipes = {**{k: v for k, v in references.items()}, CANDIDATE: (candidate, settings)}
+    names = list(pipes)
+    runs: dict[str, list[float]] = {n: [] for n in names}
+    parts: dict[str, dict[str, list[float]]] = {n: {} for n in names}
+    with contextlib.ExitStack() as stack:
+        runners = {n: stack.enter_context(Runner(p, s, prompts)) for n, (p, s) in pipes.items()}
+        for _ in range(settings.warmup):
+            for n in names:
+                runners[n].run()
+        for i in range(rounds):
+            for n in names if i % 2 == 0 else reversed(names):
+                total, comps = runners[n].run()
+                runs[n].append(total)
+                for k, v in comps.items():
+                    parts[n].setdefault(k, []).append(v)
+        calls = {n: r.timer.calls() for n, r in runners.items()}
+        resolved = {n: r.resolved() for n, r in runners.items()}
+        threads = runners[CANDIDATE].threads
+    cand = runs[CANDIDATE]
+    speedup = {
+        ref: bootstrap_median([a / b for a, b in zip(runs[ref], cand, strict=True)])
+        for ref in references
+    }
+    comp_ratio: dict[str, dict[str, Ratio]] = {}
+    for ref in references:
+        comp_ratio[ref] = {}
+        for comp, values in parts[CANDIDATE].items():
+            base = parts[ref].get(comp, [])
+            if len(base) == len(values) and all(v > 0 for v in base):
+                comp_ratio[ref][comp] = bootstrap_median(
+                    [c / b for c, b in zip(values, base, strict=True)]
+                )
+    return PairedTiming(
+        rounds=rounds,
+        warmup=settings.warmup,
+        runs_ms=runs,
+        components_ms=parts,
+        calls_per_run=calls,
+        speedup=speedup,
+        component_ratio=comp_ratio,
+        settings=resolved,
+        threads=threads,
+    )
