@@ -22,7 +22,8 @@ app = typer.Typer(
 recipe_app = typer.Typer(help="Validate and inspect recipe files.", no_args_is_help=True)
 app.add_typer(recipe_app, name="recipe")
 
-console = Console()
+# Piped or captured output reads one line per event: no wrapping at a guessed width.
+console = Console(soft_wrap=not sys.stdout.isatty())
 err_console = Console(stderr=True, soft_wrap=True)
 _state = {"verbose": False}
 

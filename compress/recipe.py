@@ -42,6 +42,14 @@ class Scores(_Strict):
     quality_parts: dict[str, float] = Field(default_factory=dict)
     settings: dict[str, Any] = Field(default_factory=dict)  # device, dtype, resolution, steps...
     flags: list[str] = Field(default_factory=list)  # e.g. "quantized-but-not-faster"
+    # Paired timing (compress.evaluate.paired): median per-round ratio of the uncompressed
+    # baseline's time to this candidate's, timed in alternation in one process, with its 95%
+    # bootstrap interval; `reference` says how the baseline was called and how many rounds ran.
+    speedup: float | None = None
+    speedup_ci: list[float] | None = None
+    reference: dict[str, Any] = Field(default_factory=dict)
+    parent_speedup: float | None = None  # against the unquantized parent (quantized candidates)
+    parent_speedup_ci: list[float] | None = None
 
 
 class Provenance(_Strict):
