@@ -11,7 +11,10 @@ from typer.testing import CliRunner
 from compress.cli import app
 from compress.generate import call_defaults, set_call_defaults
 
-RECIPE = "name: r\ntransforms:\n  - {kind: sampler, scheduler: unipc, steps: 3, guidance_scale: 2.0}\n"
+RECIPE = """name: r
+transforms:
+  - {kind: sampler, scheduler: unipc, steps: 3, guidance_scale: 2.0}
+"""
 
 
 def _count_calls(pipe) -> list[int]:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from compress.errors import CompressError
 from compress.evaluate.paired import CANDIDATE, bootstrap_median, paired_latency
 from compress.evaluate.settings import EvalSettings
-from compress.errors import CompressError
 
 
 def test_bootstrap_interval_brackets_the_median_and_is_reproducible() -> None:
