@@ -141,10 +141,19 @@ def parse_recipe(data: Any, source: str = "<data>") -> Recipe:
 
 
 def load_recipe(path: str | os.PathLike[str]) -> Recipe:
-    """Read a recipe YAML with `safe_load` only: no tag can construct objects or run code."""
+    """Read a recipe YAML with `safe_load` only: no tag can construct objects or run code.
+    A name without a file, such as `dpmsolver-fast`, is a shipped preset."""
+    from compress import shipped
+
     path = Path(path)
     if not path.is_file():
-        raise RecipeError(f"recipe file {path} does not exist")
+        found = shipped.find("recipe", str(path)) if path.suffix != ".yaml" else None
+        if found is None:
+            raise RecipeError(
+                f"recipe file {path} does not exist (shipped presets: "
+                f"{', '.join(shipped.recipe_names())}; `compress recipe list`)"
+            )
+        path = found
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:

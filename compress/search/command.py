@@ -79,3 +79,43 @@ def _print_summary(
     )
     console.print(f"recipes in {run / 'recipes'}, trials in {run / 'trials.csv'}")
     console.print(f"[green]report[/green] {report}  ({seconds:.0f} s)")
+
+
+def list_spaces_command(console: Any) -> None:
+    """One line per shipped search space: its name and description."""
+    from compress import shipped
+    from compress.search.space import load_space
+
+    for name in shipped.space_names():
+        sp = load_space(name)
+        console.print(f"{name}  [dim]{sp.spec.description}[/dim]", highlight=False)
+
+
+def dry_run_command(console: Any, space: str, samples: int = 3) -> None:
+    """Validate a space against the transform registry without loading a model; print its size,
+    the stages its transforms use and a few sample recipes."""
+    import optuna
+
+    from compress.search.space import load_space
+    from compress.transforms.base import registry
+
+    sp = load_space(space)  # validates every knob and transform against the registry
+    specs = registry()
+    kinds = list(
+        dict.fromkeys(
+            [*sp.spec.transforms, *(k.sets.split(".")[0] for k in sp.spec.knobs.values() if k.sets)]
+        )
+    )
+    by_stage: dict[str, list[str]] = {}
+    for kind in sorted(kinds, key=lambda k: specs[k].stage):
+        by_stage.setdefault(specs[kind].stage.name, []).append(kind)
+    console.print(f"[green]valid[/green] {sp.source}: {sp.spec.description}", highlight=False)
+    console.print(f"candidates: {sp.size_hint()}; knobs: {', '.join(sp.spec.knobs)}")
+    for stage, names in by_stage.items():
+        console.print(f"  {stage}: {', '.join(names)}")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for i in range(samples):
+        recipe = sp.suggest(study.ask(), name=f"{sp.name}-sample{i}")
+        console.print(f"[bold]sample {i}[/bold]", highlight=False)
+        console.print(recipe.to_yaml().rstrip(), highlight=False, markup=False)
