@@ -73,12 +73,16 @@ class QuantizeConfig(TransformConfig):
     def _protect(cls, value: list[str]) -> list[str]:
         return [_check_pattern(v) for v in value]
 
-    def all_rules(self) -> list[Rule]:
-        """The block-group rules, then `rules`: the order in which they are matched."""
+    def group_rules(self) -> dict[str, Rule]:
+        """Block group -> the rule its knob adds (a group the model lacks, e.g. a mid block that
+        pruning removed, is skipped rather than an error: the knob composes with pruning)."""
         groups = {"down_blocks": self.down_blocks, "mid_block": self.mid_block}
         groups["up_blocks"] = self.up_blocks
-        blocks = [Rule(match=f"re:{g}\\..*", format=f) for g, f in groups.items() if f]
-        return blocks + list(self.rules)
+        return {g: Rule(match=f"re:{g}\\..*", format=f) for g, f in groups.items() if f}
+
+    def all_rules(self) -> list[Rule]:
+        """The block-group rules, then `rules`: the order in which they are matched."""
+        return list(self.group_rules().values()) + list(self.rules)
 
     def saves_natively(self) -> bool:
         """neural_compressor layers are saved as their own tensors and rebuilt on load."""
@@ -109,8 +113,11 @@ def resolve(model: nn.Module, cfg: QuantizeConfig) -> tuple[dict[str, str], list
     linears = linear_layers(model)
     modules = dict(model.named_modules())
     protected = sorted(n for n in linears if any(_covers(p, n) for p in cfg.protect))
+    absent = [r for g, r in cfg.group_rules().items() if modules.get(g) is None]
     assign: dict[str, str] = {}
     for rule in cfg.all_rules():
+        if rule in absent:
+            continue
         where = f"rule (match {rule.match!r}, format {rule.format!r})"
         if not rule.match.startswith("re:"):
             if rule.match not in modules:
