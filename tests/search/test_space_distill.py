@@ -77,8 +77,8 @@ def test_default_miniature_space_is_joint() -> None:
             {
                 "structure": "blocks",
                 "block_preset": "small",
-                "student": "steps",
-                "step_method": "trajectory",
+                "student": "trajectory",
+                "trajectory": "trajectory",
                 "student_steps": 3,
                 "lora_rank": 0,
                 "precision": "mixed",
@@ -89,6 +89,23 @@ def test_default_miniature_space_is_joint() -> None:
     )
     assert kinds(combined) == ["prune_blocks", "distill", "distill_steps", "quantize"]
     assert combined.transforms[2].student_steps == 3
+    assert combined.transforms[2].method == "trajectory"
+    lcm = space.suggest(
+        FixedTrial(
+            {
+                "structure": "none",
+                "student": "consistency",
+                "consistency": "consistency",
+                "lora_rank": 16,
+                "precision": "full",
+                "lcm_scheduler": "lcm",
+                "lcm_steps": 3,
+                "lcm_guidance": 1.0,
+            }
+        )
+    )
+    assert kinds(lcm) == ["distill_steps", "sampler"]
+    assert (lcm.transforms[1].scheduler, lcm.transforms[1].steps) == ("lcm", 3)
     plain = space.suggest(
         FixedTrial(
             {
