@@ -5,7 +5,9 @@ miniature's own judge, not a human-preference score) for intervals 2, 3, 5 and e
 LoRA), cached and not. Prints the tables of reports/caching.md.
 
     flock /tmp/heavy.lock python scripts/bench_caching.py --json reports/caching.json
-    python scripts/bench_caching.py --quick     # smoke run: 8 prompts, 3 rounds, no student"""
+    python scripts/bench_caching.py --quick     # smoke run: 8 prompts, 3 rounds, no student
+    # one recipe against the uncached model at 20 steps, with more timing rounds:
+    flock /tmp/heavy.lock python scripts/bench_caching.py --rounds 30 --preset PRESET.yaml"""
 
 from __future__ import annotations
 
@@ -56,21 +58,28 @@ def quality(pipe: Any, steps: int, prompts: int, guidance: float) -> dict[str, A
     }
 
 
-def speedup(pipe: Any, ref: Any, steps: int, rounds: int, guidance: float) -> dict[str, Any]:
+def speedup(
+    pipe: Any, ref: Any, steps: int, rounds: int, guidance: float, ref_steps: int | None = None
+) -> dict[str, Any]:
+    """Paired speed-up over `ref` sampled at `ref_steps` (default: the same steps)."""
     from compress.evaluate.paired import paired_latency
     from compress.evaluate.settings import EvalSettings
 
     s = EvalSettings(steps=steps, guidance_scale=guidance, warmup=1, threads=2)
-    timing = paired_latency(pipe, {"uncached": (ref, s)}, s, rounds=rounds)
+    r = s.model_copy(update={"steps": ref_steps or steps})
+    timing = paired_latency(pipe, {"uncached": (ref, r)}, s, rounds=rounds)
     r = timing.speedup["uncached"]
     return {"speedup": r.median, "ci": [r.low, r.high], "ms": timing.median_ms()}
 
 
-def measure(name: str, pipe: Any, ref: Any, steps: int, args: Any, guidance: float) -> dict:
+def measure(
+    name: str, pipe: Any, ref: Any, steps: int, args: Any, guidance: float, ref_steps: int = 0
+) -> dict:
+    """Judge scores, and the paired speed-up over `ref` at `ref_steps` (0: `steps`)."""
     row = {"setting": name, "steps": steps}
     row |= quality(pipe, steps, args.prompts, guidance)
-    if pipe is not ref:
-        row |= speedup(pipe, ref, steps, args.rounds, guidance)
+    if pipe is not ref or ref_steps:
+        row |= speedup(pipe, ref, steps, args.rounds, guidance, ref_steps)
     print(f"  {json.dumps(row)}", flush=True)
     return row
 
@@ -88,6 +97,22 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"{r['realism_fd']:.1f} | {r['combined']:.3f} |"
         )
     return "\n".join(lines)
+
+
+def preset(base: Any, path: Path, args: Any) -> list[dict[str, Any]]:
+    """A recipe file applied to the miniature, and the uncached model at 8 and 6 steps, each
+    timed against the uncached model at 20 steps."""
+    from compress.apply import apply_recipe
+    from compress.recipe import load_recipe
+
+    pipe = copy.deepcopy(base)
+    applied = apply_recipe(pipe, load_recipe(path))
+    print(f"recorded: {json.dumps(applied.records[-1].metadata)}", flush=True)
+    rows = [measure("uncached", base, base, 20, args, GUIDANCE)]
+    rows.append(measure(f"{path.name}", pipe, base, 20, args, GUIDANCE))
+    for steps in (8, 6):  # the other way to spend less: fewer steps, against 20 uncached
+        rows.append(measure("uncached (vs 20 steps)", base, base, steps, args, GUIDANCE, 20))
+    return rows
 
 
 def student(base: Any, updates: int) -> Any:
@@ -122,6 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--prompts", type=int, default=48, help="evaluation prompts (judge)")
     ap.add_argument("--rounds", type=int, default=10, help="paired timing rounds per row")
     ap.add_argument("--student-updates", type=int, default=300, help="0: skip the student")
+    ap.add_argument("--preset", type=Path, help="measure only this recipe, at 20 steps")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     if args.quick:
@@ -139,7 +165,10 @@ def main(argv: list[str] | None = None) -> None:
     base = load_pipeline("miniature")
     branches = range(skip_count(base.unet) - 1)
     out: dict[str, Any] = {"load_before": load_before, "tables": {}}
-    for steps in (20,) if args.quick else (20, 8):
+    if args.preset:
+        out["tables"][str(args.preset)] = rows = preset(base, args.preset, args)
+        print(table(rows), flush=True)
+    for steps in () if args.preset else (20,) if args.quick else (20, 8):
         print(f"-- {steps} steps, guidance {GUIDANCE}", flush=True)
         rows = [measure("uncached", base, base, steps, args, GUIDANCE)]
         for interval in (2, 3, 5):
@@ -152,7 +181,7 @@ def main(argv: list[str] | None = None) -> None:
         rows.append(measure("interval 3, branch 0, non-uniform", pipe, base, steps, args, GUIDANCE))
         out["tables"][f"{steps} steps"] = rows
         print(table(rows), flush=True)
-    if args.student_updates:
+    if args.student_updates and not args.preset:
         print("-- 4-step trajectory student (guidance folded: guidance_scale 1)", flush=True)
         fast = student(base, args.student_updates)
         rows = [measure("student, uncached", fast, fast, 4, args, 1.0)]

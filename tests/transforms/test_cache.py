@@ -382,3 +382,14 @@ def test_preset_applies_to_unseen_pipelines_and_reloads(build, tmp_path: Path) -
     assert 0 < np.abs(cached - ref).mean() < 12
     loaded = compress.load(str(save_artifact(pipe, applied, tmp_path / "a")))
     np.testing.assert_array_equal(images(loaded), cached)
+
+
+def test_sd15_gpu_rows_fit_the_published_architecture() -> None:
+    from compress.evaluate.cache_gpu import ROWS, STEPS, cached_sd15
+    from compress.models.archs import build_arch_pipeline
+
+    base = build_arch_pipeline("sd15", device="meta")  # structure only
+    for interval, branch in ROWS:
+        _, meta = cached_sd15(interval, branch, base=base)
+        assert meta["skip_connections"] == 12 and meta["steps"] == STEPS
+        assert meta["full_calls"] == len(range(0, STEPS, interval))
