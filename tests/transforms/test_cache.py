@@ -12,7 +12,7 @@ import torch
 from pydantic import ValidationError
 
 import compress
-from compress.apply import apply_recipe
+from compress.apply import apply_recipe, restore
 from compress.context import RunContext
 from compress.errors import CompressError
 from compress.generate import generate
@@ -41,6 +41,14 @@ def images(pipe, steps: int = 6, **kw) -> np.ndarray:
     """8-bit images (float outputs may differ in the last ulp after a reload)."""
     out = generate(pipe, PROMPTS, [0, 1], num_inference_steps=steps, **kw)
     return np.stack([np.asarray(im) for im in out]).astype(np.float32)
+
+
+def assert_reloaded(got: np.ndarray, want: np.ndarray) -> None:
+    """Reloaded weights can differ from the in-memory ones in the last float ulp (on 2 CPU
+    threads this flipped one 8-bit level of one pixel of the SD2-style pipeline): the same
+    images up to that."""
+    np.testing.assert_allclose(got, want, rtol=0, atol=1)
+    assert (got == want).mean() > 0.99
 
 
 def pruned_pipeline():
@@ -332,7 +340,7 @@ def test_pruned_guidance_distilled_quantized_cached_pipeline_reloads(tmp_path: P
     before = images(pipe, 5)
     assert cache_stats(pipe) == {"denoiser_calls": 5, "full_calls": 3, "steps": 5}
     loaded = compress.load(str(save_artifact(pipe, applied, tmp_path / "a")))
-    np.testing.assert_array_equal(images(loaded, 5), before)
+    assert_reloaded(images(loaded, 5), before)
     assert cache_stats(loaded) == {"denoiser_calls": 5, "full_calls": 3, "steps": 5}
 
 
@@ -356,7 +364,7 @@ def tiny_sd2_style():
         cross_attention_dim=32,
         norm_num_groups=8,
     )
-    sched = DDIMScheduler(**SD_SCHEDULE, prediction_type="v_prediction")
+    sched = DDIMScheduler(**SD_SCHEDULE, prediction_type="v_prediction", clip_sample=False)
     pipe = StableDiffusionPipeline(
         vae=_vae(),
         text_encoder=_text(32, len(tok)),
@@ -380,8 +388,11 @@ def test_preset_applies_to_unseen_pipelines_and_reloads(build, tmp_path: Path) -
     cached = images(pipe)
     assert cache_stats(pipe)["full_calls"] == 2  # steps 0 and 3 of 6
     assert 0 < np.abs(cached - ref).mean() < 12
+    fresh = build()
+    restore(fresh, applied)  # the recorded cache on the same weights: the same images
+    np.testing.assert_array_equal(images(fresh), cached)
     loaded = compress.load(str(save_artifact(pipe, applied, tmp_path / "a")))
-    np.testing.assert_array_equal(images(loaded), cached)
+    assert_reloaded(images(loaded), cached)
 
 
 def test_sd15_gpu_rows_fit_the_published_architecture() -> None:
