@@ -84,6 +84,7 @@ def test_default_miniature_space_is_joint() -> None:
                 "precision": "mixed",
                 "quant_down": "none",
                 "quant_up": "int8_dynamic",
+                "caching": "none",
             }
         )
     )
@@ -101,10 +102,14 @@ def test_default_miniature_space_is_joint() -> None:
                 "lcm_scheduler": "lcm",
                 "lcm_steps": 3,
                 "lcm_guidance": 1.0,
+                "caching": "deepcache",
+                "cache_interval": 2,
+                "cache_branch": 1,
+                "cache_schedule": "uniform",
             }
         )
     )
-    assert kinds(lcm) == ["distill_steps", "sampler"]
+    assert kinds(lcm) == ["distill_steps", "sampler", "cache"]  # cache after the sampler
     assert (lcm.transforms[1].scheduler, lcm.transforms[1].steps) == ("lcm", 3)
     plain = space.suggest(
         FixedTrial(
@@ -115,6 +120,7 @@ def test_default_miniature_space_is_joint() -> None:
                 "scheduler": "unipc",
                 "steps": 8,
                 "guidance_scale": 3.0,
+                "caching": "none",
             }
         )
     )
@@ -137,6 +143,7 @@ def test_gpu_spaces_search_every_stage_with_nothing_commented_out(name: str) -> 
         "quant_down": "int8_dynamic",
         "quant_mid": "none",
         "quant_up": "float8_dynamic",
+        "caching": "none",
     }
     if name == "sdxl":
         params["transformer_depth"] = "half"
