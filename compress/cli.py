@@ -22,8 +22,10 @@ app = typer.Typer(
 recipe_app = typer.Typer(help="Validate and inspect recipe files.", no_args_is_help=True)
 app.add_typer(recipe_app, name="recipe")
 
-# Piped or captured output reads one line per event: no wrapping at a guessed width.
-console = Console(soft_wrap=not sys.stdout.isatty())
+# Piped or captured output reads one line per event: no wrapping at a guessed width, and tables
+# as wide as their contents need (within 160 columns) instead of squeezed into 80.
+_TTY = sys.stdout.isatty()
+console = Console(soft_wrap=not _TTY, width=None if _TTY else 160)
 err_console = Console(stderr=True, soft_wrap=True)
 _state = {"verbose": False}
 
