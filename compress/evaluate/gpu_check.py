@@ -30,6 +30,7 @@ from compress.evaluate.gpu_rows import BASELINE, ROWS, Row, Target
 
 ARCHS = {"sd15": 512, "sdxl": 1024}
 SMOKE_ARCHS = {"tiny-sd15": 16, "tiny-sdxl": 16}
+WEIGHT = {"sd15": 1.0, "sdxl": 2.0}  # shares of the time budget (SDXL compiles about twice longer)
 PROMPTS = {"gpu": ["a photo of a red car in a city street at night"], "cpu": ["a red seven"]}
 # dense bfloat16 tensor-core peaks in TFLOP/s (vendor datasheets, without sparsity); first match
 # of the device name wins, so the more specific names come first
@@ -98,7 +99,7 @@ def _stages() -> dict[str, int]:
     return {kind: int(spec.stage) for kind, spec in registry().items()}
 
 
-def build_row(base: Any, row: Row, target: Target, first: bool) -> Built:
+def build_row(base: Any, row: Row, target: Target, recipe: Any, first: bool) -> Built:
     """The row's pipeline, sharing the text encoders with `base`. Every row but the first has
     its own denoiser (a copy: no row changes another's, and the per-call timing hooks of one
     row never see another's calls); a compiled row has its own VAE."""
@@ -107,7 +108,6 @@ def build_row(base: Any, row: Row, target: Target, first: bool) -> Built:
     from compress.models.denoiser import denoiser
     from compress.transforms.base import Stage
 
-    recipe = row_recipe(row, target)  # raises Skip where the device cannot run the row
     kinds = {t.kind for t in recipe.transforms}
     compiled = "compile" in kinds
     parts = {"unet": denoiser(base) if first else copy.deepcopy(denoiser(base))}
@@ -250,22 +250,63 @@ def _ratio(ref: list[float], mine: list[float], boot: Any) -> dict[str, float]:
     return boot([r / m for r, m in zip(ref, mine, strict=True)]).model_dump()
 
 
-def run_arch(target: Target, rows: list[Row], rounds: int, warmup: int, start: float) -> list:
+@dataclass
+class Budget:
+    """Keeps the check inside its time limit. Each architecture has a deadline (its share of
+    the budget, by weight, plus what earlier ones left); a compiled row is built only while its
+    expected compile time and the architecture's timed rounds still fit before it, else it is
+    reported as skipped (rerun it alone with --archs and --rows)."""
+
+    start: float
+    seconds: float | None
+    compiles_s: list[float] = field(default_factory=list)  # first calls of compiled rows
+
+    def deadline(self, done_weight: float, total_weight: float) -> float | None:
+        if self.seconds is None:
+            return None
+        return self.start + self.seconds * done_weight / total_weight
+
+    def allows(self, deadline: float | None, rounds_s: float) -> str | None:
+        """None when a compile fits before `deadline`, else why not."""
+        if deadline is None:
+            return None
+        # an unseen compile is guessed at a minute; a larger model's at twice the largest seen
+        expected = 2 * max(self.compiles_s, default=30.0)
+        left = deadline - time.perf_counter()
+        if left > expected + rounds_s:
+            return None
+        return (
+            f"skipped: over the check's time budget ({left:.0f} s left for this architecture, "
+            f"compile expected {expected:.0f} s and timed rounds {rounds_s:.0f} s)"
+        )
+
+
+def run_arch(
+    target: Target, rows: list[Row], rounds: int, warmup: int, budget: Budget, deadline: Any
+) -> list:
     import torch
 
     from compress.evaluate.latency import device_name
 
+    start = budget.start
     peak = peak_tflops(device_name(target.device)) if target.device.startswith("cuda") else None
     base = base_pipeline(target)
     log(start, f"{target.arch}: built the {target.resolution} px base pipeline")
-    built = []
+    built: list[Built] = []
     for row in rows:
+        rounds_s = 0.0
+        if built and built[0].first_ms:  # no row runs longer than the eager 25-step baseline
+            rounds_s = (rounds + warmup) * len(rows) * built[0].first_ms / 1e3
         try:
-            b = build_row(base, row, target, first=not built)
+            recipe = row_recipe(row, target)
+            late = budget.allows(deadline, rounds_s) if recipe.find("compile") else None
+            b = Built(row, error=late) if late else build_row(base, row, target, recipe, not built)
         except CompressError as exc:  # e.g. a format this device cannot run
             b = Built(row, error=f"skipped: {exc}")
         if b.pipe is not None:
             first_call(b, target)
+            if b.compiled and b.first_ms:
+                budget.compiles_s.append(b.first_ms / 1e3)
         state = b.error or f"first call {b.first_ms / 1e3:.1f} s"
         log(start, f"{target.arch}: {row.name}: {state}")
         built.append(b)
@@ -300,7 +341,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, help="markdown report (JSON beside it)")
     parser.add_argument("--archs", help="comma-separated subset of the architectures")
     parser.add_argument("--rows", help="comma-separated subset of the rows (baseline is kept)")
-    parser.add_argument("--rounds", type=int, help="alternating timed rounds (GPU 5, smoke 2)")
+    parser.add_argument("--rounds", type=int, help="alternating timed rounds (GPU 4, smoke 2)")
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        help="seconds the measurements may take (GPU 420: 8 minutes with wheels and start-up; "
+        "smoke: none); a compiled row that would not fit is skipped and named",
+    )
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
     args = parser.parse_args(argv)
     command = "bash scripts/gpu_check.sh " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -352,7 +399,7 @@ def check(args: argparse.Namespace, smoke: bool, command: str, out: Path) -> dic
     device = "cpu" if smoke else "cuda"
     dtype = "float32" if smoke else args.dtype
     float8 = device == "cuda" and torch.cuda.get_device_capability() >= (8, 9)
-    rounds = args.rounds or (2 if smoke else 5)
+    rounds = args.rounds or (2 if smoke else 4)
     warmup = 1
     env = {
         "date": datetime.now(UTC).date().isoformat(),
@@ -372,9 +419,15 @@ def check(args: argparse.Namespace, smoke: bool, command: str, out: Path) -> dic
         "resolution": dict(archs),
         "archs": {},
     }
+    seconds = args.budget_s if args.budget_s is not None else (None if smoke else 420.0)
+    budget = Budget(start, seconds)
+    env["budget_s"] = seconds
+    total, done = sum(WEIGHT.get(a, 1.0) for a in archs), 0.0
     for arch, resolution in archs.items():
         target = Target(arch, device, dtype, resolution, float8)
-        report["archs"][arch] = run_arch(target, rows, rounds, warmup, start)
+        done += WEIGHT.get(arch, 1.0)
+        deadline = budget.deadline(done, total)
+        report["archs"][arch] = run_arch(target, rows, rounds, warmup, budget, deadline)
         env["loadavg_after"] = _loadavg()
         env["seconds"] = round(time.perf_counter() - start, 1)
         write_report(out, report)

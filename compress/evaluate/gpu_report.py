@@ -128,8 +128,12 @@ HOW_TO_RUN = [
     "  mdurl==0.1.2 pygments==2.21.0 annotated-doc==0.0.7 truststore==0.10.5",
     "```",
     "",
-    "`--archs sd15`, `--rows baseline,compile` and `--rounds N` narrow a rerun; "
-    "`--cpu-smoke` runs the same rows on tiny configs on the CPU (under 3 minutes on 2 cores).",
+    "The measurements keep to `--budget-s` (420 s by default): a compiled row whose compile "
+    "would not leave time for the timed rounds is reported as skipped; rerun it alone, e.g. "
+    '`bash scripts/gpu_check.sh --archs sdxl --rows "int8 + compile" --out reports/gpu-sdxl.md` '
+    "(`--rounds N` changes the rounds). `--cpu-smoke` runs the same rows on tiny configs on "
+    "the CPU (under 3 minutes on 2 cores; compile backend eager unless "
+    "COMPRESS_COMPILE_BACKEND says otherwise).",
 ]
 
 

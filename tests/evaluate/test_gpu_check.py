@@ -62,3 +62,19 @@ def test_peak_table() -> None:
     assert peak_tflops("NVIDIA H100 PCIe") == 756.0
     assert peak_tflops("NVIDIA L40S") == 362.0 and peak_tflops("NVIDIA L4") == 121.0
     assert peak_tflops("AMD EPYC 7B13") is None
+
+
+def test_budget_skips_a_compile_that_would_not_fit() -> None:
+    import time
+
+    from compress.evaluate.gpu_check import Budget
+
+    now = time.perf_counter()
+    assert Budget(now, None).allows(None, rounds_s=1e9) is None  # no budget: everything runs
+    budget = Budget(now, 100.0)
+    deadline = budget.deadline(1.0, 3.0)  # the first architecture's share: a third
+    assert deadline is not None and abs(deadline - now - 100 / 3) < 1e-6
+    assert "over the check's time budget" in budget.allows(deadline, rounds_s=0.0)  # 60 s guess
+    budget.compiles_s.append(5.0)
+    assert budget.allows(deadline, rounds_s=10.0) is None  # 10 s compile + 10 s rounds fit
+    assert budget.allows(deadline, rounds_s=30.0) is not None
