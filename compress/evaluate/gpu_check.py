@@ -26,7 +26,7 @@ from typing import Any
 
 from compress.errors import CompressError
 from compress.evaluate.gpu_report import pending_report, write_report
-from compress.evaluate.gpu_rows import BASELINE, ROWS, Row, Target
+from compress.evaluate.gpu_rows import BASELINE, ROWS, Row, Target, baseline
 
 ARCHS = {"sd15": 512, "sdxl": 1024}
 SMOKE_ARCHS = {"tiny-sd15": 16, "tiny-sdxl": 16}
@@ -87,7 +87,7 @@ def row_recipe(row: Row, target: Target) -> Any:
 
     transforms = row.transforms(target)
     if not any(t["kind"] == "sampler" for t in transforms):
-        transforms = [*transforms, BASELINE]
+        transforms = [*transforms, baseline(target)]
     stage = _stages()
     transforms = sorted(transforms, key=lambda t: stage[t["kind"]])
     return Recipe(name=row.name.replace(" ", "-"), transforms=transforms)
@@ -238,7 +238,7 @@ def measure(rows: list[Built], target: Target, rounds: int, warmup: int, peak: f
             "weights_mb": b.weights_mb,
             "run_peak_mb": run_peak,
             "peak_mb": b.weights_mb + run_peak if run_peak is not None else None,
-            "compile_s": (b.first_ms - median) / 1e3 if b.compiled and b.first_ms else None,
+            "compile_s": max(b.first_ms - median, 0.0) / 1e3 if b.compiled and b.first_ms else None,
             "x_baseline": _ratio(runs[base.row.name], mine, bootstrap_median),
             "x_compile": _ratio(runs["compile"], mine, bootstrap_median)
             if b.compiled and "compile" in runs and name != "compile"
@@ -349,6 +349,7 @@ def main(argv: list[str] | None = None) -> None:
         "smoke: none); a compiled row that would not fit is skipped and named",
     )
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
+    parser.add_argument("--steps", type=int, default=25, help="the baseline's step count")
     args = parser.parse_args(argv)
     command = "bash scripts/gpu_check.sh " + " ".join(argv if argv is not None else sys.argv[1:])
     smoke = args.cpu_smoke
@@ -424,7 +425,7 @@ def check(args: argparse.Namespace, smoke: bool, command: str, out: Path) -> dic
     env["budget_s"] = seconds
     total, done = sum(WEIGHT.get(a, 1.0) for a in archs), 0.0
     for arch, resolution in archs.items():
-        target = Target(arch, device, dtype, resolution, float8)
+        target = Target(arch, device, dtype, resolution, float8, args.steps)
         done += WEIGHT.get(arch, 1.0)
         deadline = budget.deadline(done, total)
         report["archs"][arch] = run_arch(target, rows, rounds, warmup, budget, deadline)

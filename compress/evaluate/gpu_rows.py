@@ -33,6 +33,12 @@ class Target:
     dtype: str
     resolution: int
     float8: bool  # the device runs torchao's float8 (CUDA, compute capability >= 8.9)
+    steps: int = 25  # the baseline's step count
+
+
+def baseline(t: Target) -> dict[str, Any]:
+    """The baseline's sampler: DPM-Solver++ with classifier-free guidance at 7.5."""
+    return {**BASELINE, "steps": t.steps}
 
 
 def quantize(fmt: str) -> dict[str, Any]:
@@ -73,14 +79,14 @@ def guidance_embedding(pipe: Any) -> None:
 class Row:
     name: str
     what: str
-    # the recipe's transforms for a target (BASELINE's sampler is added when none is given)
+    # the recipe's transforms for a target (the baseline's sampler is added when none is given)
     transforms: Callable[[Target], list[dict[str, Any]]] = field(default=lambda t: [])
     # a structural step applied after the recipe's structure stage, before anything else
     prepare: Callable[[Any], None] | None = None
 
 
 ROWS: tuple[Row, ...] = (
-    Row("baseline", "25 steps DPM-Solver++, guidance 7.5 (both passes batched), eager"),
+    Row("baseline", "DPM-Solver++, 25 steps (--steps), guidance 7.5 (both passes batched), eager"),
     Row(
         "compile",
         "`compile` transform: torch.compile of UNet and VAE decoder, channels-last, fused QKV",

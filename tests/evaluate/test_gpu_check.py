@@ -22,9 +22,11 @@ def table_rows(markdown: str) -> list[str]:
 
 
 def test_cpu_smoke_measures_every_row(tmp_path: Path) -> None:
+    # Kept short: 8 baseline steps, and dynamo switched off (the compile rows still wrap their
+    # modules; tracing them is what test_compile.py and the contract suite check).
     out = tmp_path / "gpu.md"
-    env = {**os.environ, "PYTHON": sys.executable, "COMPRESS_COMPILE_BACKEND": "eager"}
-    cmd = ["bash", "scripts/gpu_check.sh", "--cpu-smoke", "--out", str(out)]
+    env = {**os.environ, "PYTHON": sys.executable, "TORCHDYNAMO_DISABLE": "1"}
+    cmd = ["bash", "scripts/gpu_check.sh", "--cpu-smoke", "--steps", "8", "--out", str(out)]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     report = json.loads(out.with_suffix(".json").read_text())
@@ -36,7 +38,7 @@ def test_cpu_smoke_measures_every_row(tmp_path: Path) -> None:
         done = {n: r for n, r in rows.items() if n != "float8 + compile"}
         assert all(r["error"] is None and r["median_ms"] > 0 for r in done.values()), done
         calls = {n: r["denoiser_calls"] for n, r in done.items()}
-        assert calls == {n: (4 if n in ("4 steps", "combination") else 25) for n in done}
+        assert calls == {n: (4 if n in ("4 steps", "combination") else 8) for n in done}
         # guidance as an input: one call per step at batch 1 instead of a batch-2 call
         flops = {n: r["flops_per_call"] for n, r in done.items()}
         assert 0.45 < flops["guidance-embedded"] / flops["baseline"] < 0.55
@@ -44,7 +46,7 @@ def test_cpu_smoke_measures_every_row(tmp_path: Path) -> None:
         assert flops["int8 + compile"] == flops["compile"] == flops["baseline"]
         assert all((r["compile_s"] is not None) == (n in COMPILED) for n, r in done.items())
         assert done["int8 + compile"]["x_compile"]["low"] > 0
-        assert done["4 steps"]["x_baseline"]["median"] > 1  # 4 steps against 25, same network
+        assert done["4 steps"]["x_baseline"]["median"] > 1  # 4 steps against 8, same network
     assert table_rows(out.read_text()).count("combination") == 2
 
 
