@@ -126,8 +126,10 @@ class Runner:
     ) -> None:
         from compress.evaluate.prompts import GENERAL_PROMPTS
         from compress.evaluate.timing import Clock
+        from compress.models.runtime import is_compiled
 
-        if settings.compile and settings.warmup < 1:
+        self.compiles = settings.compile or is_compiled(pipe)  # here or by a compile transform
+        if self.compiles and settings.warmup < 1:
             raise CompressError(
                 "compile needs at least one warm-up run (compilation happens in it)"
             )
@@ -208,7 +210,7 @@ def measure_latency(
         component_runs_ms=parts,
         calls_per_run=calls,
         warmup_ms=warm,
-        compile_ms=max(warm[0] - median, 0.0) if settings.compile else None,
+        compile_ms=max(warm[0] - median, 0.0) if runner.compiles else None,
         peak_memory_mb=peak,
         device=str(device),
         device_name=device_name(device),

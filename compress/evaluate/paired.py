@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import statistics
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
@@ -54,6 +55,10 @@ class PairedTiming(BaseModel):
     component_ratio: dict[str, dict[str, Ratio]] = Field(default_factory=dict)  # cand / ref
     settings: dict[str, dict[str, Any]]  # name -> settings as run
     threads: int
+    warmup_ms: dict[str, list[float]] = Field(default_factory=dict)  # the first compiles
+    # CUDA: per name, the largest allocator peak of a timed run above what was allocated when it
+    # started (its activations and workspaces; weights are not counted); empty elsewhere
+    run_peak_mb: dict[str, float] = Field(default_factory=dict)
 
     def median_ms(self, name: str = CANDIDATE) -> float:
         return statistics.median(self.runs_ms[name])
@@ -98,15 +103,20 @@ def paired_latency(
     pipes = {**{k: v for k, v in references.items()}, CANDIDATE: (candidate, settings)}
     names = list(pipes)
     runs: dict[str, list[float]] = {n: [] for n in names}
+    warm: dict[str, list[float]] = {n: [] for n in names}
+    peaks: dict[str, float] = {}
     parts: dict[str, dict[str, list[float]]] = {n: {} for n in names}
     with contextlib.ExitStack() as stack:
         runners = {n: stack.enter_context(Runner(p, s, prompts)) for n, (p, s) in pipes.items()}
         for _ in range(settings.warmup):
             for n in names:
-                runners[n].run()
+                warm[n].append(runners[n].run()[0])
         for i in range(rounds):
             for n in names if i % 2 == 0 else reversed(names):
-                total, comps = runners[n].run()
+                with _run_peak(runners[n].device) as peak:
+                    total, comps = runners[n].run()
+                if peak:
+                    peaks[n] = max(peaks.get(n, 0.0), peak[0])
                 runs[n].append(total)
                 for k, v in comps.items():
                     parts[n].setdefault(k, []).append(v)
@@ -137,4 +147,23 @@ def paired_latency(
         component_ratio=comp_ratio,
         settings=resolved,
         threads=threads,
+        warmup_ms=warm,
+        run_peak_mb=peaks,
     )
+
+
+@contextlib.contextmanager
+def _run_peak(device: Any) -> Iterator[list[float]]:
+    """On CUDA, yields a list that receives the block's allocator peak above its start, in MiB."""
+    import torch
+
+    out: list[float] = []
+    if device.type != "cuda":
+        yield out
+        return
+    torch.cuda.synchronize(device)
+    start = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    yield out
+    torch.cuda.synchronize(device)
+    out.append((torch.cuda.max_memory_allocated(device) - start) / 2**20)

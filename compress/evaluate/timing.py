@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from compress.models.denoiser import denoiser, set_denoiser
+from compress.models.denoiser import denoiser
 
 if TYPE_CHECKING:
     import torch
@@ -118,27 +118,23 @@ def _restore_attr(obj: Any, name: str, previous: Any) -> None:
 
 @contextlib.contextmanager
 def compiled(pipe: DiffusionPipeline, enabled: bool) -> Iterator[None]:
-    """`torch.compile` the denoiser and VAE decode (as diffusers recommends) for the block's span.
+    """`torch.compile` the denoiser and VAE decode (as diffusers recommends) for the block's span;
+    a pipeline compiled by a `compile` transform stays as it is.
 
     COMPRESS_COMPILE_BACKEND / COMPRESS_COMPILE_MODE choose the backend (default inductor) and mode.
     """
-    if not enabled:
+    from compress.models.runtime import RuntimeOptions, is_compiled, prepare
+
+    if not enabled or is_compiled(pipe):
         yield
         return
-    import torch
-
-    options: dict[str, Any] = {"backend": os.environ.get("COMPRESS_COMPILE_BACKEND", "inductor")}
-    if os.environ.get("COMPRESS_COMPILE_MODE"):
-        options["mode"] = os.environ["COMPRESS_COMPILE_MODE"]
-    net, vae = denoiser(pipe), pipe.vae
-    previous = vae.__dict__.get("decode", _MISSING)
-    set_denoiser(pipe, torch.compile(net, **options))
-    vae.decode = torch.compile(vae.decode, **options)
+    mode = os.environ.get("COMPRESS_COMPILE_MODE", "default")
+    opts = RuntimeOptions(mode=mode, fullgraph=False, channels_last=False, fuse_qkv=False)
+    done = prepare(pipe, opts)
     try:
         yield
     finally:
-        set_denoiser(pipe, net)
-        _restore_attr(vae, "decode", previous)
+        done.undo()
 
 
 @contextlib.contextmanager

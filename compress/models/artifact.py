@@ -98,7 +98,9 @@ def _load_restructured(folder: Path, recipe: Recipe, **kwargs: Any) -> Diffusion
             config[key] = None
     unet = UNet2DConditionModel.from_config(config)
     pipe = load_pipeline(str(folder), unet=unet, **kwargs)
-    restore(pipe, recipe, only_replayed=True)
+    # runtime transforms (e.g. compile) wrap the finished denoiser: replayed after its weights
+    structure, runtime = _split_runtime(recipe)
+    restore(pipe, structure, only_replayed=True)
     state: dict[str, Any] = {}
     for f in sorted((folder / "unet").glob("*.safetensors")):
         state.update(_load_weights(f, load_file))
@@ -110,7 +112,21 @@ def _load_restructured(folder: Path, recipe: Recipe, **kwargs: Any) -> Diffusion
     dtype = parse_dtype(kwargs.get("dtype")) or next(iter(state.values())).dtype
     if pipe.unet.dtype != dtype:
         pipe.unet.to(dtype=dtype)
+    restore(pipe, runtime, only_replayed=True)
     return pipe
+
+
+def _split_runtime(recipe: Recipe) -> tuple[Recipe, Recipe]:
+    """The recipe's non-runtime transforms and its runtime ones, each with its records."""
+    from compress.transforms.base import Stage
+
+    pairs = list(zip(recipe.transforms, recipe.records, strict=True))
+    parts = []
+    for runtime in (False, True):
+        kept = [(t, r) for t, r in pairs if (spec_of(t).stage == Stage.runtime) == runtime]
+        update = {"transforms": [t for t, _ in kept], "records": [r for _, r in kept]}
+        parts.append(recipe.model_copy(update=update))
+    return parts[0], parts[1]
 
 
 def _load_weights(path: Path, load_file: Any) -> dict[str, Any]:

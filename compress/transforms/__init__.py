@@ -2,6 +2,7 @@
 
 from compress.transforms import (
     cache,  # noqa: F401
+    compile,  # noqa: F401
     distill,  # noqa: F401
     distill_guidance,  # noqa: F401
     distill_steps,  # noqa: F401

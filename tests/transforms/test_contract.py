@@ -17,6 +17,7 @@ from compress.models.tiny import build_tiny_pipeline
 from compress.recipe import Recipe, load_recipe
 from compress.transforms.base import TransformConfig, config_adapter, registry
 from compress.transforms.cache import CacheConfig
+from compress.transforms.compile import CompileConfig
 from compress.transforms.distill import DistillConfig
 from compress.transforms.distill_guidance import DistillGuidanceConfig
 from compress.transforms.distill_steps import DistillStepsConfig
@@ -33,6 +34,7 @@ SEEDS = [0, 1]
 EXAMPLES: dict[str, tuple[TransformConfig, Callable[[], RunContext]]] = {
     "sampler": (SamplerConfig(scheduler="euler", steps=3, guidance_scale=4.0), RunContext),
     "cache": (CacheConfig(interval=2, branch=1), RunContext),
+    "compile": (CompileConfig(attention="math"), RunContext),
     "prune_blocks": (PruneBlocksConfig(preset="small"), RunContext),
     "prune_channels": (PruneChannelsConfig(ratio=0.25), RunContext),
     "distill": (
@@ -74,6 +76,13 @@ EXAMPLES: dict[str, tuple[TransformConfig, Callable[[], RunContext]]] = {
 
 # kinds whose effect is a hook installed at load time: the folder holds the unchanged model
 RUNTIME_HOOKS = {"cache"}
+
+
+@pytest.fixture(autouse=True)
+def _eager_compile(monkeypatch: pytest.MonkeyPatch) -> None:
+    # compile's contract is its wiring (dynamo traces the same graphs); inductor's kernels are
+    # tested once in test_compile.py
+    monkeypatch.setenv("COMPRESS_COMPILE_BACKEND", "eager")
 
 
 def test_every_registered_transform_has_an_example() -> None:
