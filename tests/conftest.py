@@ -11,7 +11,6 @@ from compress._quiet import import_heavy
 import_heavy()
 
 
-
 def pytest_configure(config: pytest.Config) -> None:
     """Tiny models run fastest on one thread, and a second OpenMP thread waiting for a busy
     core slows every operator many times over: each test process (pytest-xdist) keeps to one."""
