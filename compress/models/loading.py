@@ -14,7 +14,14 @@ if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
 
 BUILTIN = ("miniature",)
-SUPPORTED = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
+SUPPORTED = (
+    "StableDiffusionPipeline",
+    "StableDiffusionXLPipeline",
+    "PixArtAlphaPipeline",
+    "PixArtSigmaPipeline",
+    "StableDiffusion3Pipeline",
+    "SanaPipeline",
+)
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 _DTYPES = ("float32", "float16", "bfloat16")
 
@@ -73,7 +80,7 @@ def weights_digest(model: str) -> str | None:
 def load_pipeline(
     model: str, *, device: str = "cpu", dtype: str | torch.dtype | None = None, **kwargs: Any
 ) -> DiffusionPipeline:
-    """Load a Stable Diffusion (1.x/2.x) or SDXL pipeline, ready on `device`."""
+    """Load a Stable Diffusion (1.x/2.x), SDXL, PixArt, SD3 or Sana pipeline, ready on `device`."""
     from diffusers import DiffusionPipeline
 
     source = resolve(model)
@@ -89,7 +96,9 @@ def load_pipeline(
             else f"download it first (`hf download {source} --local-dir DIR`) and pass --model DIR"
         )
         raise CompressError(f"could not load {model!r}: {exc}; {hint}") from exc
-    if type(pipe).__name__ not in SUPPORTED or getattr(pipe, "unet", None) is None:
+    if type(pipe).__name__ not in SUPPORTED or not any(
+        getattr(pipe, a, None) is not None for a in ("unet", "transformer")
+    ):
         raise CompressError(
             f"{model!r} is a {type(pipe).__name__}; supported pipelines: {', '.join(SUPPORTED)}"
         )
