@@ -177,7 +177,10 @@ _Json = Annotated[Path | None, typer.Option("--json", help="Results JSON (defaul
 @app.command()
 def bench(
     model: Annotated[str | None, typer.Option(help="'miniature', a folder or a hub id.")] = None,
-    arch: Annotated[str | None, typer.Option(help="sd15, sd21, sdxl, pixart-sigma, sd3-medium, sana-600m: random weights.")] = None,
+    arch: Annotated[
+        str | None,
+        typer.Option(help="sd15, sd21, sdxl, pixart-sigma, sd3-medium, sana-600m: random weights."),
+    ] = None,
     device: _Device = "cpu",
     dtype: _DType = None,
     resolution: _Res = None,

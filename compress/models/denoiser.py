@@ -64,8 +64,8 @@ def is_flow_matching(scheduler: Any) -> bool:
 
 
 def flow_shift(scheduler: Any) -> float:
-    """The timestep shift of a flow-matching scheduler (`shift` or `flow_shift` in its config)."""
-    cfg = scheduler.config
+    """The timestep shift of a flow-matching scheduler or its config (`shift` or `flow_shift`)."""
+    cfg = getattr(scheduler, "config", scheduler)
     return float(cfg.get("shift", cfg.get("flow_shift", 1.0)))
 
 

@@ -140,7 +140,6 @@ def build_tiny_pixart_pipeline(seed: int = 0) -> PixArtSigmaPipeline:
     """
     import torch
     from diffusers import AutoencoderKL, PixArtSigmaPipeline, PixArtTransformer2DModel
-    from transformers import T5Config, T5EncoderModel
 
     torch.manual_seed(seed)
     tok = build_t5_tokenizer(WORDS, max_length=16)

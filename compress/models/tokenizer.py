@@ -92,7 +92,8 @@ def _bpe(vocab: dict[str, int], merges: list[tuple[str, str]], text: str) -> lis
 
 def _check_words(words: Iterable[str]) -> list[str]:
     out = sorted({w.lower() for w in words})
-    bad = [w for w in out if not w or any(c not in string.ascii_lowercase + string.digits for c in w)]
+    letters = string.ascii_lowercase + string.digits
+    bad = [w for w in out if not w or any(c not in letters for c in w)]
     if bad:
         raise ValueError(f"words must be lowercase letters or digits only, got {bad}")
     return out

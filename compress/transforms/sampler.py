@@ -9,7 +9,7 @@ same solver in either family, so one recipe samples both with its own family's v
 from __future__ import annotations
 
 import inspect
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field
 
@@ -67,8 +67,8 @@ class SamplerConfig(TransformConfig):
     scheduler: SchedulerName = "dpmsolver++"
     steps: int = Field(20, ge=1, le=1000)
     # <= 1 turns classifier-free guidance off (one denoiser call per step instead of two);
-    # None keeps the pipeline's own default (e.g. 4.5 for PixArt, 7.0 for SD3)
-    guidance_scale: float | None = Field(7.5, ge=0.0, le=50.0)
+    # "pipeline" keeps the pipeline's own default (e.g. 4.5 for PixArt, 7.0 for SD3)
+    guidance_scale: Annotated[float, Field(ge=0.0, le=50.0)] | Literal["pipeline"] = 7.5
     karras_sigmas: bool = False
     # flow matching only: the timestep shift (None keeps the one the pipeline was trained with)
     shift: float | None = Field(None, gt=0.0, le=100.0)
@@ -112,7 +112,7 @@ def _set(pipe: DiffusionPipeline, cfg: SamplerConfig) -> Metadata:
 
     flow = is_flow_matching(pipe.scheduler)
     cls_name, overrides = _choose(pipe, cfg)
-    guidance = default_guidance(pipe) if cfg.guidance_scale is None else cfg.guidance_scale
+    guidance = default_guidance(pipe) if cfg.guidance_scale == "pipeline" else cfg.guidance_scale
     # the shift goes under the key the new class knows (`shift` or `flow_shift`)
     config = {k: v for k, v in pipe.scheduler.config.items() if k not in ("shift", "flow_shift")}
     pipe.scheduler = getattr(diffusers, cls_name).from_config(config, **overrides)
