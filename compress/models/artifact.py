@@ -49,6 +49,19 @@ def save_artifact(
     return out
 
 
+def is_artifact(model: str) -> bool:
+    """True for a folder written by `compress apply` (it holds the applied recipe)."""
+    return Path(model).expanduser().is_dir() and (Path(model).expanduser() / RECIPE_FILE).is_file()
+
+
+def load_model(model: str, **kwargs: Any) -> DiffusionPipeline:
+    """Any model argument, loaded as it is meant to run: an artifact of `compress apply` with its
+    recipe replayed (call defaults included), else a pipeline folder, hub id or built-in name."""
+    from compress.models.loading import load_pipeline
+
+    return load_artifact(model, **kwargs) if is_artifact(model) else load_pipeline(model, **kwargs)
+
+
 def load_artifact(folder: str | os.PathLike[str], **kwargs: Any) -> DiffusionPipeline:
     """Load the saved structure and weights, then replay what the configs do not hold."""
     from compress.models.loading import load_pipeline

@@ -287,12 +287,11 @@ def apply_quantize(pipe: DiffusionPipeline, cfg: QuantizeConfig, ctx: RunContext
 NOT_FASTER = "quantized-but-not-faster"
 
 
-def flag_if_not_faster(candidate: Scores, parent: Scores) -> Scores:
-    """Add `quantized-but-not-faster` unless the candidate beats its unquantized parent's median
-    latency by more than the parent's run-to-run spread (same device and settings assumed)."""
-    if candidate.latency_ms is None or parent.latency_ms is None:
-        raise CompressError("both the quantized candidate and its parent need a measured latency")
-    noise = parent.latency_spread_ms or 0.0
-    faster = candidate.latency_ms < parent.latency_ms - noise
+def flag_if_not_faster(candidate: Scores) -> Scores:
+    """Add `quantized-but-not-faster` unless the paired speed-up over the unquantized parent has
+    its whole 95% interval above 1 (`parent_speedup_ci`, measured in alternating rounds)."""
+    if candidate.parent_speedup_ci is None:
+        raise CompressError("the quantized candidate needs a paired speed-up over its parent")
+    faster = candidate.parent_speedup_ci[0] > 1.0
     flags = [f for f in candidate.flags if f != NOT_FASTER] + ([] if faster else [NOT_FASTER])
     return candidate.model_copy(update={"flags": flags})
