@@ -15,6 +15,7 @@ from pydantic import Field, field_validator
 
 from compress.context import RunContext
 from compress.errors import CompressError, MissingExtra, RestoreMismatch
+from compress.transforms import _dit
 from compress.transforms._channel_groups import (
     check_groups,
     head_dims,
@@ -23,7 +24,6 @@ from compress.transforms._channel_groups import (
     sync_attributes,
     traceable,
 )
-from compress.transforms import _dit
 from compress.transforms._unet import (
     count_params,
     example_inputs,
