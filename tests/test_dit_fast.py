@@ -26,9 +26,7 @@ def _t5(width: int = 32):
     vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
     vocab += [(c, -5.0) for c in string.ascii_lowercase] + [(f"▁{w}", -1.0) for w in words]
     tok = T5Tokenizer(vocab=vocab, extra_ids=0)
-    cfg = T5Config(
-        d_model=width, d_ff=64, d_kv=8, num_heads=4, num_layers=2, vocab_size=len(vocab)
-    )
+    cfg = T5Config(d_model=width, d_ff=64, d_kv=8, num_heads=4, num_layers=2, vocab_size=len(vocab))
     return tok, T5EncoderModel(cfg).eval()
 
 
@@ -164,4 +162,5 @@ def test_dit_fast_applies_to_checkpoints_saved_by_others(make, tmp_path: Path) -
     got = images(plain, num_inference_steps=4)
     assert got.std() > 0
     np.testing.assert_array_equal(images(loaded), got)
-    np.testing.assert_array_equal(images(plain, num_inference_steps=4, guidance_scale=guidance), got)
+    explicit = images(plain, num_inference_steps=4, guidance_scale=guidance)
+    np.testing.assert_array_equal(explicit, got)
