@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -85,6 +86,9 @@ def load_pipeline(
 
     source = resolve(model)
     local = Path(source).is_dir()
+    if local:  # components saved as absent (SD3 without T5): diffusers wants them passed as None
+        index = json.loads((Path(source) / "model_index.json").read_text())
+        kwargs = {k: None for k, v in index.items() if v == [None, None]} | kwargs
     try:
         pipe = DiffusionPipeline.from_pretrained(
             source, torch_dtype=parse_dtype(dtype), local_files_only=local, **kwargs
