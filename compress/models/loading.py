@@ -86,9 +86,8 @@ def load_pipeline(
 
     source = resolve(model)
     local = Path(source).is_dir()
-    if local:  # components saved as absent (SD3 without T5): diffusers wants them passed as None
-        index = json.loads((Path(source) / "model_index.json").read_text())
-        kwargs = {k: None for k, v in index.items() if v == [None, None]} | kwargs
+    if local:
+        kwargs = {**absent_components(Path(source)), **kwargs}
     try:
         pipe = DiffusionPipeline.from_pretrained(
             source, torch_dtype=parse_dtype(dtype), local_files_only=local, **kwargs
@@ -113,3 +112,13 @@ def load_pipeline(
 
         set_call_defaults(pipe, **DEFAULT_CALL)
     return pipe.to(device)
+
+
+def absent_components(folder: Path) -> dict[str, None]:
+    """Components a pipeline folder was saved without (`[null, null]` in model_index.json, e.g.
+    SD3 without its T5 encoder): diffusers loads such a folder only when they are passed as None."""
+    try:
+        index = json.loads((folder / "model_index.json").read_text())
+    except (OSError, ValueError):
+        return {}  # from_pretrained reports the broken folder itself
+    return {k: None for k, v in index.items() if isinstance(v, list) and v[:1] == [None]}
