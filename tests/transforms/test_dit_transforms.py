@@ -8,6 +8,8 @@ import copy
 import pytest
 import torch
 
+import compress
+
 from compress.apply import apply_recipe
 from compress.context import RunContext
 from compress.errors import CompressError, RecipeError
@@ -239,6 +241,11 @@ def test_guidance_embedding_on_a_flow_transformer_takes_one_call_per_step() -> N
         err += float(((got - want) ** 2).mean())
         err_start += float(((start - want) ** 2).mean())
     assert err < 0.9 * err_start
+
+    at_default = latents(pipe, n=1, num_inference_steps=2)
+    compress.set_embedded_guidance(pipe, 2.0)  # another scale, still one call per step
+    assert calls(pipe) == [1] * 28
+    assert not torch.equal(latents(pipe, n=1, num_inference_steps=2), at_default)
 
 
 def test_students_name_what_applies() -> None:
