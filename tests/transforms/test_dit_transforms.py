@@ -9,7 +9,6 @@ import pytest
 import torch
 
 import compress
-
 from compress.apply import apply_recipe
 from compress.context import RunContext
 from compress.errors import CompressError, RecipeError
