@@ -109,6 +109,65 @@ def remove_blocks(net: nn.Module, removed: list[int]) -> nn.Module:
     return new.train(net.training)
 
 
+def transformer(pipe: Any) -> nn.Module:
+    """The pipeline's diffusion transformer, or an error naming what block removal fits."""
+    from compress.models.denoiser import denoiser
+
+    net = denoiser(pipe)
+    if not hasattr(net, BLOCKS) or hasattr(net, "down_blocks"):
+        raise CompressError(
+            f"prune_blocks with every, last, importance or transformer_blocks.N applies to "
+            f"diffusion transformers (PixArt, SD3, Sana), not {type(net).__name__}; for a UNet "
+            "use a preset or UNet block names"
+        )
+    return net
+
+
+def prune(pipe: Any, removed: list[int]) -> dict[str, Any]:
+    """Replace the pipeline's transformer by one without `removed`; what prune_blocks records."""
+    from compress.models.denoiser import denoiser_attr
+    from compress.transforms._unet import FEATURE_PAIRS, count_params
+
+    net = transformer(pipe)
+    new = remove_blocks(net, removed)
+    kept = [i for i in range(num_blocks(net)) if i not in set(removed)]
+    pipe.register_modules(**{denoiser_attr(pipe): new})
+    setattr(new, FEATURE_PAIRS, block_pairs(kept))
+    return {
+        "removed": [f"{BLOCKS}.{i}" for i in sorted(removed)],
+        "before": {"num_layers": num_blocks(net), "params": count_params(net)},
+        "params": count_params(new),
+        "num_layers": len(kept),
+    }
+
+
+def removal(pipe: Any, cfg: Any, ctx: Any) -> tuple[list[int], dict[str, Any]]:
+    """Blocks a PruneBlocksConfig removes from this transformer (its presets and names, then
+    the `importance` least important of the rest, measured on `calibration` trajectories) and
+    what it measured."""
+    net = transformer(pipe)
+    named = [int(n.split(".")[1]) for n in cfg.remove]
+    removed = sorted(set(preset_blocks(net, cfg.every, cfg.last)) | set(named))
+    check_removal(net, removed)
+    importance = cfg.importance
+    if not importance:
+        return removed, {}
+    from compress.quantize_calibration import calibration_calls
+
+    scores = block_importance(net, calibration_calls(pipe, cfg.calibration, ctx))
+    left = sorted((s, i) for i, s in scores.items() if i not in removed)
+    if importance > len(left) or len(removed) + importance >= num_blocks(net):
+        raise CompressError(
+            f"prune_blocks importance={importance}: only {len(left)} more blocks can go and at "
+            "least one must stay"
+        )
+    removed = sorted(removed + [i for _, i in left[:importance]])
+    return removed, {
+        "importance": {f"{BLOCKS}.{i}": round(s, 6) for i, s in sorted(scores.items())},
+        "calibration": {**cfg.calibration.model_dump(), "seed": ctx.seed},
+    }
+
+
 def block_pairs(kept: list[int]) -> list[tuple[str, str]]:
     """Feature-distillation pairs: each kept block with the teacher block it was."""
     return [(f"{BLOCKS}.{j}", f"{BLOCKS}.{i}") for j, i in enumerate(kept)]

@@ -25,7 +25,6 @@ from compress.transforms.base import Metadata, Stage, TransformConfig, register_
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline, UNet2DConditionModel
-    from torch import nn
 
 _NAME = re.compile(r"^(mid_block|(down|up)_blocks\.\d+(\.\d+)?|transformer_blocks\.\d+)$")
 _BLOCK = re.compile(r"^((down|up)_blocks\.\d+|mid_block)$")
@@ -165,77 +164,19 @@ def resolve(unet: UNet2DConditionModel, cfg: PruneBlocksConfig) -> list[str]:
     return names + [x for x in cfg.remove if x not in names]
 
 
-def _transformer(pipe: DiffusionPipeline) -> nn.Module:
-    from compress.models.denoiser import denoiser
-
-    net = denoiser(pipe)
-    if not hasattr(net, _dit.BLOCKS) or hasattr(net, "down_blocks"):
-        raise CompressError(
-            f"prune_blocks with every, last, importance or transformer_blocks.N applies to "
-            f"diffusion transformers (PixArt, SD3, Sana), not {type(net).__name__}; for a UNet "
-            "use a preset or UNet block names"
-        )
-    return net
-
-
-def _prune_transformer(pipe: DiffusionPipeline, removed: list[int]) -> Metadata:
-    from compress.models.denoiser import denoiser_attr
-
-    net = _transformer(pipe)
-    new = _dit.remove_blocks(net, removed)
-    kept = [i for i in range(_dit.num_blocks(net)) if i not in set(removed)]
-    pipe.register_modules(**{denoiser_attr(pipe): new})
-    setattr(new, FEATURE_PAIRS, _dit.block_pairs(kept))
-    return {
-        "removed": [f"{_dit.BLOCKS}.{i}" for i in sorted(removed)],
-        "before": {"num_layers": _dit.num_blocks(net), "params": count_params(net)},
-        "params": count_params(new),
-        "num_layers": len(kept),
-    }
-
-
-def _transformer_removal(
-    pipe: DiffusionPipeline, cfg: PruneBlocksConfig, ctx: RunContext
-) -> tuple[list[int], Metadata]:
-    """Blocks the config removes from this transformer, and what importance measured."""
-    net = _transformer(pipe)
-    named = [int(n.split(".")[1]) for n in cfg.remove]
-    removed = sorted(set(_dit.preset_blocks(net, cfg.every, cfg.last)) | set(named))
-    _dit.check_removal(net, removed)
-    extra: Metadata = {}
-    if cfg.importance:
-        from compress.quantize_calibration import calibration_calls
-
-        calls = calibration_calls(pipe, cfg.calibration, ctx)
-        scores = _dit.block_importance(net, calls)
-        left = sorted((s, i) for i, s in scores.items() if i not in removed)
-        if cfg.importance > len(left) or len(removed) + cfg.importance >= _dit.num_blocks(net):
-            raise CompressError(
-                f"prune_blocks importance={cfg.importance}: only {len(left)} more blocks can go "
-                "and at least one must stay"
-            )
-        removed = sorted(removed + [i for _, i in left[: cfg.importance]])
-        extra = {
-            "importance": {f"{_dit.BLOCKS}.{i}": round(s, 6) for i, s in sorted(scores.items())},
-            "calibration": {**cfg.calibration.model_dump(), "seed": ctx.seed},
-        }
-    return removed, extra
-
-
 def _restore(pipe: DiffusionPipeline, cfg: PruneBlocksConfig, metadata: Metadata) -> None:
     from compress.models.denoiser import denoiser
 
     unet = denoiser(pipe)
     before = metadata.get("before", {})
     if cfg.for_transformers():
-        _transformer(pipe)
+        _dit.transformer(pipe)
         have = {"num_layers": _dit.num_blocks(unet), "params": count_params(unet)}
         if before != have:
             raise RestoreMismatch(
                 f"prune_blocks was recorded on a transformer with {before}; this one has {have}"
             )
-        removed = [int(n.split(".")[1]) for n in metadata["removed"]]
-        _prune_transformer(pipe, removed)
+        _dit.prune(pipe, [int(n.split(".")[1]) for n in metadata["removed"]])
         return
     got = as_list(unet.config.layers_per_block, len(unet.config.down_block_types))
     if before.get("layers_per_block") != got or before.get("params") != count_params(unet):
@@ -253,8 +194,8 @@ def apply_prune_blocks(
 ) -> Metadata:
     """Remove the configured blocks and rebuild the denoiser from a standard config."""
     if cfg.for_transformers():
-        removed, extra = _transformer_removal(pipe, cfg, ctx)
-        return {**_prune_transformer(pipe, removed), **extra}
+        removed, extra = _dit.removal(pipe, cfg, ctx)
+        return {**_dit.prune(pipe, removed), **extra}
     from compress.models.denoiser import require_unet
 
     unet = require_unet(
