@@ -1,7 +1,10 @@
 """Diffusion-transformer figures: transformer parameters and MACs of block removal on the
-full-size architectures (published configs, meta weights: no memory, no checkpoint).
+full-size architectures (published configs, meta weights: no memory, no checkpoint), and each
+technique applied to a trained transformer pipeline (the DiT miniature): its quality and its
+CPU speed-up over the uncompressed pipeline, timed in alternating rounds in one process.
 
     python scripts/bench_dit.py --only sizes --json reports/dit-sizes.json
+    python scripts/bench_dit.py --only techniques --model miniature-dit --json reports/dit.json
 """
 
 from __future__ import annotations
@@ -85,6 +88,93 @@ def sizes(archs: list[str]) -> list[dict[str, Any]]:
     return rows
 
 
+def techniques(train_steps: int) -> list[tuple[str, list[Any]]]:
+    """(name, transforms) for each technique, training budgets scaled by `train_steps`."""
+    from compress.recipe import load_recipe
+    from compress.transforms.distill import DistillConfig
+    from compress.transforms.distill_guidance import DistillGuidanceConfig
+    from compress.transforms.distill_steps import DistillStepsConfig
+    from compress.transforms.prune_blocks import PruneBlocksConfig
+    from compress.transforms.prune_channels import PruneChannelsConfig
+    from compress.transforms.quantize import QuantizeConfig
+    from compress.transforms.sampler import SamplerConfig
+
+    n = train_steps
+    train = {"steps": n, "batch_size": 32, "samples": 1437}
+    recover = DistillConfig(lr=5e-4, **train)
+    fast = load_recipe(Path(__file__).parents[1] / "recipes" / "dit-fast.yaml").transforms
+    off = [{"match": "re:.*", "format": "none"}]
+
+    def quant(fmt: str) -> Any:
+        return QuantizeConfig(attention=fmt, feed_forward=fmt, rules=off)
+
+    student = DistillStepsConfig(
+        method="trajectory", student_steps=4, lr=2e-4, guidance_scale=4.0, **train
+    )
+    return [
+        ("sampler: 4 steps", [SamplerConfig(steps=4, guidance_scale="pipeline")]),
+        ("quantize int8_weight_only", [quant("int8_weight_only")]),
+        ("quantize int8_dynamic", [quant("int8_dynamic")]),
+        ("prune_blocks every 3", [PruneBlocksConfig(every=3)]),
+        ("prune_blocks every 3 + distill", [PruneBlocksConfig(every=3), recover]),
+        ("prune_blocks importance 2 + distill", [PruneBlocksConfig(importance=2), recover]),
+        ("prune_channels 0.25 + distill", [PruneChannelsConfig(ratio=0.25), recover]),
+        ("distill_guidance", [DistillGuidanceConfig(lr=2e-4, **train)]),
+        ("distill_steps trajectory, 4 steps", [student]),
+        ("dit-fast (recipe)", list(fast)),
+    ]
+
+
+def measure(model: str, settings: Any, runs: int, train_steps: int, only: list[str]) -> list[dict]:
+    """The baseline and each technique: quality (the metric) and paired CPU speed-up."""
+    import copy
+    import time
+
+    from compress.apply import apply_recipe
+    from compress.context import RunContext
+    from compress.evaluate.paired import paired_latency
+    from compress.evaluate.quality import get_metric
+    from compress.evaluate.run import generate_images
+    from compress.models.loading import load_pipeline
+    from compress.recipe import Recipe
+
+    base = load_pipeline(model)
+    metric = get_metric(settings.metric, device=settings.device)
+    prompts, seeds = metric.prompts(settings.num_prompts)
+
+    def quality(pipe: Any) -> tuple[float, dict[str, float]]:
+        value, parts = metric.score(generate_images(pipe, prompts, seeds, settings), prompts)
+        return value, parts
+
+    q0, parts0 = quality(base)
+    rows = [{"technique": "none", "quality": q0, **parts0}]
+    for name, transforms in techniques(train_steps):
+        if only and not any(o in name for o in only):
+            continue
+        print(f"measuring {name} ...", file=sys.stderr, flush=True)
+        pipe, start = copy.deepcopy(base), time.perf_counter()
+        recipe = apply_recipe(pipe, Recipe(name="bench", transforms=transforms), RunContext())
+        took = time.perf_counter() - start
+        q, parts = quality(pipe)
+        pair = paired_latency(pipe, {"baseline": (base, settings)}, settings, rounds=runs)
+        ratio = pair.speedup["baseline"]
+        params = sum(p.numel() for p in pipe.transformer.parameters())
+        rows.append(
+            {
+                "technique": name,
+                "quality": q,
+                **parts,
+                "speedup": ratio.median,
+                "speedup_ci": [round(ratio.low, 3), round(ratio.high, 3)],
+                "latency_ms": pair.median_ms(),
+                "params": params,
+                "apply_s": round(took, 1),
+                "records": [r.metadata.get("removed", r.kind) for r in recipe.records],
+            }
+        )
+    return rows
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     out = ["| model | variant | blocks | params (M) | params ratio | MACs (G) | MACs ratio |"]
     out.append("|---|---|---|---|---|---|---|")
@@ -100,17 +190,37 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", choices=["sizes"], action="append")
+    ap.add_argument("--only", choices=["sizes", "techniques"], action="append")
     ap.add_argument("--archs", nargs="*", default=list(ARCHS))
+    ap.add_argument("--model", default="miniature-dit")
+    ap.add_argument("--metric", default="miniature")
+    ap.add_argument("--num-prompts", type=int, default=None)
+    ap.add_argument("--runs", type=int, default=7, help="paired timing rounds")
+    ap.add_argument("--train-steps", type=int, default=300)
+    ap.add_argument("--techniques", nargs="*", default=[], help="only those whose name has these")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
+    parts = args.only or ["sizes", "techniques"]
     from compress._quiet import import_heavy
 
     import_heavy()
     result: dict[str, Any] = {"command": "python " + " ".join(sys.argv)}
-    result["sizes"] = sizes(args.archs)
-    print("## Transformer parameters and MACs (one call, 1024 px, batch 1)\n")
-    print(table(result["sizes"]))
+    if "sizes" in parts:
+        result["sizes"] = sizes(args.archs)
+        print("## Transformer parameters and MACs (one call, 1024 px, batch 1)\n")
+        print(table(result["sizes"]))
+    if "techniques" in parts:
+        from compress.evaluate.commands import make_settings
+        from compress.evaluate.latency import device_name
+
+        settings = make_settings(metric=args.metric, num_prompts=args.num_prompts, warmup=1)
+        with open("/proc/loadavg") as f:
+            result["loadavg_before"] = f.read().split()[:3]
+        rows = measure(args.model, settings, args.runs, args.train_steps, args.techniques)
+        with open("/proc/loadavg") as f:
+            result["loadavg_after"] = f.read().split()[:3]
+        result |= {"model": args.model, "device": device_name("cpu"), "techniques": rows}
+        print(json.dumps(rows, indent=1))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=1) + "\n")
