@@ -74,11 +74,13 @@ def sizes(archs: list[str]) -> list[dict[str, Any]]:
                 removed = preset_blocks(base, fields.get("every"), fields.get("last"))
                 net = remove_blocks(copy.deepcopy(base), removed)
             p, m = sum(x.numel() for x in net.parameters()), macs(net, kw)
+            inside = sum(x.numel() for x in net.transformer_blocks.parameters())
             rows.append(
                 {
                     "model": arch,
                     "variant": name,
                     "blocks": int(net.config.num_layers),
+                    "outside_blocks_share": 1 - inside / p,
                     "params_m": p / 1e6,
                     "params_ratio": p / p0,
                     "macs_g": m / 1e9,
@@ -209,6 +211,13 @@ def main(argv: list[str] | None = None) -> None:
         result["sizes"] = sizes(args.archs)
         print("## Transformer parameters and MACs (one call, 1024 px, batch 1)\n")
         print(table(result["sizes"]))
+        shares = {
+            r["model"]: r["outside_blocks_share"] for r in result["sizes"] if r["variant"] == "none"
+        }
+        print(
+            "\nparameters outside the blocks: "
+            + ", ".join(f"{k} {v:.1%}" for k, v in shares.items())
+        )
     if "techniques" in parts:
         from compress.evaluate.commands import make_settings
         from compress.evaluate.latency import device_name
