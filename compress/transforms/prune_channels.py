@@ -1,9 +1,11 @@
 """Structured channel pruning with torch-pruning's dependency graph (DepGraph, Fang et al. 2023),
 magnitude or Taylor importance (Diff-Pruning, Fang et al. 2023).
 
-UNets: every prunable group (convolutions, attention, skip connections). Diffusion transformers
-(PixArt, SD3): the feed-forward hidden width and the attention heads' width (or whole heads)
-inside each block; the residual stream every block reads and writes keeps its width.
+UNets: every prunable group (convolutions, attention, skip connections). Diffusion transformers:
+the feed-forward hidden width and the attention heads' width (or whole heads) inside each block
+of PixArt, the feed-forward width of SD3's (its joint attention's two streams meet in a
+concatenation along the sequence, which the dependency graph does not split, so those groups
+are left whole); the residual stream every block reads and writes keeps its width.
 """
 
 from __future__ import annotations
