@@ -151,6 +151,11 @@ def test_channel_pruning_narrows_feed_forward_and_heads_not_the_stream() -> None
     assert block.attn1.to_out[0].out_features == 32  # the residual stream keeps its width
     assert meta["params"] < 0.8 * meta["params_before"]
     assert latents(pipe, n=1, num_inference_steps=2).isfinite().all()
+    sd3 = build_tiny_sd3_pipeline()  # feed-forward only: the joint attention stays whole
+    run(sd3, PruneChannelsConfig(ratio=0.5))
+    joint = sd3.transformer.transformer_blocks[0]
+    assert joint.ff.net[0].proj.out_features == joint.ff_context.net[0].proj.out_features == 64
+    assert joint.attn.to_q.out_features == joint.attn.add_q_proj.out_features == 32
     with pytest.raises(CompressError, match="not SanaTransformer2DModel"):
         run(build_tiny_sana_pipeline(), PruneChannelsConfig(ratio=0.25))
     with pytest.raises(CompressError, match="stage_ratios name UNet stages"):
