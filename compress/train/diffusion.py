@@ -195,15 +195,16 @@ def noisy(
     import torch
 
     n = latents.shape[0]
-    noise = torch.randn(latents.shape, generator=generator).to(latents)
     if isinstance(scheduler, FlowSchedule):
         u = torch.rand(n, generator=generator).clamp(min=1e-3)
+        noise = torch.randn(latents.shape, generator=generator).to(latents)
         sigma = scheduler.sigma(u).to(latents)
         s = sigma.view(-1, 1, 1, 1)
         t = sigma * scheduler.num_train_timesteps
         return (1 - s) * latents + s * noise, t, noise - latents
     steps = scheduler.config.num_train_timesteps
     t = torch.randint(0, steps, (n,), generator=generator).to(latents.device)
+    noise = torch.randn(latents.shape, generator=generator).to(latents)
     x_t = scheduler.add_noise(latents, noise, t)
     kind = scheduler.config.prediction_type
     if kind == "epsilon":
