@@ -43,11 +43,15 @@ def encode_prompts(pipe: DiffusionPipeline, prompts: list[str], batch: int = 64)
 
     The empty prompt "" is the unconditional input, encoded as the pipeline encodes its negative
     prompt: SDXL pipelines that zero it at sampling (`force_zeros_for_empty_prompt`) get zeros,
-    and Sana's instruction prefix goes on real prompts only.
+    and Sana's instruction prefix goes on real prompts only. A recorded `max_sequence_length`
+    call default (the text positions a transformer pipeline is sampled with) applies here too.
     """
     import torch
 
+    from compress.generate import call_defaults
+
     name = type(denoiser(pipe)).__name__
+    length = {k: v for k, v in call_defaults(pipe).items() if k == "max_sequence_length"}
     if name not in _ENCODERS:
         raise CompressError(
             f"training on {name} is not supported; supported denoisers: {', '.join(_ENCODERS)}"
@@ -65,10 +69,11 @@ def encode_prompts(pipe: DiffusionPipeline, prompts: list[str], batch: int = 64)
                     prompt_3=None,
                     device=pipe._execution_device,
                     do_classifier_free_guidance=False,
+                    **length,
                 )
                 got = {"encoder_hidden_states": out[0], "pooled_projections": out[2]}
             else:
-                got = _encode_masked(pipe, chunk, pixart=name.startswith("PixArt"))
+                got = _encode_masked(pipe, chunk, name.startswith("PixArt"), length)
             for k, v in got.items():
                 parts.setdefault(k, []).append(v.detach().float().cpu())
     return {k: torch.cat(v) for k, v in parts.items()}
@@ -100,13 +105,16 @@ def _encode_sd(pipe: DiffusionPipeline, chunk: list[str]) -> Cond:
     return got
 
 
-def _encode_masked(pipe: DiffusionPipeline, chunk: list[str], pixart: bool) -> Cond:
+def _encode_masked(
+    pipe: DiffusionPipeline, chunk: list[str], pixart: bool, length: dict[str, int]
+) -> Cond:
     """PixArt and Sana: padded text states with their attention mask (what the pipeline feeds)."""
     import torch
 
     dev = pipe._execution_device
+    kw = {"do_classifier_free_guidance": False, "device": dev, **length}
     if pixart:
-        states, mask = pipe.encode_prompt(chunk, do_classifier_free_guidance=False, device=dev)[:2]
+        states, mask = pipe.encode_prompt(chunk, **kw)[:2]
         side = float(sample_size(pipe))
         n = len(chunk)
         return {
@@ -120,9 +128,7 @@ def _encode_masked(pipe: DiffusionPipeline, chunk: list[str], pixart: bool) -> C
     states, masks = [], []
     for prompt in chunk:
         extra = {"complex_human_instruction": instruction.default} if prompt else {}
-        s, m = pipe.encode_prompt([prompt], do_classifier_free_guidance=False, device=dev, **extra)[
-            :2
-        ]
+        s, m = pipe.encode_prompt([prompt], **kw, **extra)[:2]
         states.append(s)
         masks.append(m)
     return {"encoder_hidden_states": torch.cat(states), "encoder_attention_mask": torch.cat(masks)}

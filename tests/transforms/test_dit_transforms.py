@@ -272,3 +272,15 @@ def test_sana_samples_after_block_removal_and_quantization() -> None:
     assert pipe.transformer.config.num_layers == 3
     out = latents(pipe, n=1, num_inference_steps=2, **SANA_CALL)
     assert out.shape == (1, 4, 16, 16) and out.isfinite().all()
+
+
+def test_training_encodes_text_as_the_pipeline_is_called() -> None:
+    """SD3 without T5 pads `max_sequence_length` zero positions (256 by default); a pipeline
+    sampled with another length (a recorded call default) is trained with that one too."""
+    from compress.generate import set_call_defaults
+    from compress.train.diffusion import encode_prompts
+
+    pipe = build_tiny_sd3_pipeline()
+    assert encode_prompts(pipe, PROMPTS[:1])["encoder_hidden_states"].shape[1] == 16 + 256
+    set_call_defaults(pipe, max_sequence_length=0)
+    assert encode_prompts(pipe, PROMPTS[:1])["encoder_hidden_states"].shape[1] == 16
