@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from compress.errors import CompressError
+from compress.generate import call_defaults
 from compress.models.denoiser import denoiser, flow_shift, is_flow_matching
 
 if TYPE_CHECKING:
@@ -43,15 +44,11 @@ def encode_prompts(pipe: DiffusionPipeline, prompts: list[str], batch: int = 64)
 
     The empty prompt "" is the unconditional input, encoded as the pipeline encodes its negative
     prompt: SDXL pipelines that zero it at sampling (`force_zeros_for_empty_prompt`) get zeros,
-    and Sana's instruction prefix goes on real prompts only. A recorded `max_sequence_length`
-    call default (the text positions a transformer pipeline is sampled with) applies here too.
+    and Sana's instruction prefix goes on real prompts only.
     """
     import torch
 
-    from compress.generate import call_defaults
-
     name = type(denoiser(pipe)).__name__
-    length = {k: v for k, v in call_defaults(pipe).items() if k == "max_sequence_length"}
     if name not in _ENCODERS:
         raise CompressError(
             f"training on {name} is not supported; supported denoisers: {', '.join(_ENCODERS)}"
@@ -69,11 +66,12 @@ def encode_prompts(pipe: DiffusionPipeline, prompts: list[str], batch: int = 64)
                     prompt_3=None,
                     device=pipe._execution_device,
                     do_classifier_free_guidance=False,
-                    **length,
+                    # as the pipeline samples (the DiT miniature: no zero T5 tokens)
+                    max_sequence_length=call_defaults(pipe).get("max_sequence_length", 256),
                 )
                 got = {"encoder_hidden_states": out[0], "pooled_projections": out[2]}
             else:
-                got = _encode_masked(pipe, chunk, name.startswith("PixArt"), length)
+                got = _encode_masked(pipe, chunk, pixart=name.startswith("PixArt"))
             for k, v in got.items():
                 parts.setdefault(k, []).append(v.detach().float().cpu())
     return {k: torch.cat(v) for k, v in parts.items()}
@@ -105,13 +103,13 @@ def _encode_sd(pipe: DiffusionPipeline, chunk: list[str]) -> Cond:
     return got
 
 
-def _encode_masked(
-    pipe: DiffusionPipeline, chunk: list[str], pixart: bool, length: dict[str, int]
-) -> Cond:
-    """PixArt and Sana: padded text states with their attention mask (what the pipeline feeds)."""
+def _encode_masked(pipe: DiffusionPipeline, chunk: list[str], pixart: bool) -> Cond:
+    """PixArt and Sana: padded text states with their attention mask (what the pipeline feeds),
+    at the recorded `max_sequence_length` if the pipeline is sampled with one."""
     import torch
 
     dev = pipe._execution_device
+    length = {k: v for k, v in call_defaults(pipe).items() if k == "max_sequence_length"}
     kw = {"do_classifier_free_guidance": False, "device": dev, **length}
     if pixart:
         states, mask = pipe.encode_prompt(chunk, **kw)[:2]
