@@ -11,6 +11,15 @@ from compress._quiet import import_heavy
 import_heavy()
 
 
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Tiny models run fastest on one thread, and a second OpenMP thread waiting for a busy
+    core slows every operator many times over: each test process (pytest-xdist) keeps to one."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     import torch
 

@@ -85,3 +85,25 @@ def test_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
     assert not (tmp_path / "x").exists()
     verbose = cli("--verbose", "apply", str(PRESET), "--model", "/no/such/dir", "--out", "x")
     assert "Traceback" in verbose.stderr
+
+
+def test_shipped_spaces_and_recipes_from_any_folder_and_dry_run(tmp_path, monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    from compress.cli import app
+
+    monkeypatch.chdir(tmp_path)  # not the repository: package data only
+    runner = CliRunner()
+    out = runner.invoke(app, ["search", "--space", "sd15", "--dry-run"])
+    assert out.exit_code == 0, out.output
+    for stage in ("structure", "training", "numeric", "runtime"):
+        assert f"  {stage}: " in out.output
+    assert "sample 2: " in out.output and "distill" in out.output
+    listed = runner.invoke(app, ["search", "--list-spaces"]).output
+    assert {"miniature", "miniature-sampler", "sd15", "sdxl"} <= {
+        line.split()[0] for line in listed.splitlines() if line.strip()
+    }
+    assert "dpmsolver-fast" in runner.invoke(app, ["recipe", "list"]).output
+    assert runner.invoke(app, ["recipe", "validate", "dpmsolver-fast"]).exit_code == 0
+    missing = runner.invoke(app, ["search", "--space", "nope", "--dry-run"])
+    assert missing.exit_code != 0 and "miniature-sampler" in str(missing.exception)

@@ -162,8 +162,14 @@ class Builder:
                     records, chain_s = list(cached.records), found[1].get("training_s_total", 0.0)
                     continue
                 lineage = self.key([*configs[:j], plan.scaled(1.0)[j]])
+                # rungs of one lineage share its checkpoint folder: one trains there at a time
+                held = (
+                    self.cache.lock(f"lineage-{lineage}")
+                    if self.cache
+                    else contextlib.nullcontext()
+                )
                 t0 = time.perf_counter()
-                with self._work_dir(lineage, configs[j]) as (work, before_s, before_steps):
+                with held, self._work_dir(lineage, configs[j]) as (work, before_s, before_steps):
                     records.append(self._apply(pipe, configs[j], work))
                     seconds = time.perf_counter() - t0
                     total = before_s + seconds

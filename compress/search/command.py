@@ -117,5 +117,8 @@ def dry_run_command(console: Any, space: str, samples: int = 3) -> None:
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     for i in range(samples):
         recipe = sp.suggest(study.ask(), name=f"{sp.name}-sample{i}")
-        console.print(f"[bold]sample {i}[/bold]", highlight=False)
-        console.print(recipe.to_yaml().rstrip(), highlight=False, markup=False)
+        parts = []
+        for t in recipe.transforms:
+            fields = t.model_dump(mode="json", exclude_defaults=True, exclude={"kind"})
+            parts.append(f"{t.kind}({', '.join(f'{k}={v}' for k, v in fields.items())})")
+        console.print(f"sample {i}: " + " -> ".join(parts), highlight=False, markup=False)

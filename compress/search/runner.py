@@ -35,6 +35,11 @@ def ray_session(address: str | None, verbose: bool = False) -> Iterator[None]:
     import ray
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # plain status output; we show our own
+    # Ray runs workers at niceness 15, so any other process on the node starves the trials; in
+    # a private local Ray the trials are the job (a joined cluster keeps its own setting).
+    os.environ.setdefault("RAY_worker_niceness", "0")
+    if not verbose:  # trial errors go to the ledger and one console line, not a traceback
+        logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
     started = not ray.is_initialized()
     if started:
         try:

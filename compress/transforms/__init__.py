@@ -1,6 +1,7 @@
 """Built-in transforms; importing this package registers every one of them."""
 
 from compress.transforms import (
+    cache,  # noqa: F401
     distill,  # noqa: F401
     distill_guidance,  # noqa: F401
     distill_steps,  # noqa: F401

@@ -103,10 +103,14 @@ class QuantizeConfig(TransformConfig):
         """The block-group fields that are set: group -> format."""
         return {g: getattr(self, g) for g in GROUPS if getattr(self, g) is not None}
 
+    def group_rules(self) -> dict[str, Rule]:
+        """Block group -> the rule its knob adds (a UNet group the model lacks, e.g. a mid block
+        that pruning removed, is skipped rather than an error: the knob composes with pruning)."""
+        return {g: Rule(match=f"re:{GROUPS[g]}", format=f) for g, f in self.groups().items()}
+
     def all_rules(self) -> list[Rule]:
         """The block-group rules, then `rules`: the order in which they are matched."""
-        blocks = [Rule(match=f"re:{GROUPS[g]}", format=f) for g, f in self.groups().items()]
-        return blocks + list(self.rules)
+        return list(self.group_rules().values()) + list(self.rules)
 
     def saves_natively(self) -> bool:
         """neural_compressor layers are saved as their own tensors and rebuilt on load."""
@@ -145,8 +149,11 @@ def resolve(model: nn.Module, cfg: QuantizeConfig) -> tuple[dict[str, str], list
     linears = linear_layers(model)
     modules = dict(model.named_modules())
     protected = sorted(n for n in linears if any(_covers(p, n) for p in cfg.protect))
+    absent = [r for g, r in cfg.group_rules().items() if unet and modules.get(g) is None]
     assign: dict[str, str] = {}
     for rule in cfg.all_rules():
+        if rule in absent:
+            continue
         where = f"rule (match {rule.match!r}, format {rule.format!r})"
         if not rule.match.startswith("re:"):
             if rule.match not in modules:

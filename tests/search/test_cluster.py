@@ -16,6 +16,8 @@ import yaml
 
 from compress.search.ledger import read_records
 
+pytestmark = pytest.mark.xdist_group("ray")  # one Ray cluster at a time
+
 ROOT = Path(__file__).resolve().parents[2]
 SPACE = {
     "name": "tiny",

@@ -17,6 +17,8 @@ from compress.search.config import resolve_config, resume_config
 from compress.search.ledger import read_records, trial_dir, write_json
 from compress.search.runner import run_search
 
+pytestmark = pytest.mark.xdist_group("ray")  # one Ray cluster at a time
+
 SPACE = {
     "name": "tiny",
     "search": {"trials": 3, "sampler": "tpe", "max_concurrent": 2, "cpus_per_trial": 1, "seed": 3},

@@ -7,7 +7,7 @@ import yaml
 from optuna.trial import FixedTrial
 
 from compress.recipe import parse_recipe
-from compress.search.space import load_space, parse_space
+from compress.search.space import load_space
 from compress.shipped import SPACES_DIR
 
 
@@ -66,36 +66,87 @@ def test_miniature_distill_space_builds_each_method() -> None:
     assert space.size() == 5 + 5 + 2 * 4 * (1 + 3)
 
 
-def test_default_miniature_space_has_no_distillation() -> None:
+def test_default_miniature_space_is_joint() -> None:
     space = load_space("miniature")
-    assert not {"distill_guidance", "distill_steps"} & set(space.spec.transforms)
+    stages = {"structure", "training", "numeric", "runtime"}
+    from compress.transforms.base import registry
 
-
-@pytest.mark.parametrize("name", ["sd15", "sdxl"])
-def test_commented_distillation_knobs_compile(name: str) -> None:
-    """The `#~` block of the GPU spaces, uncommented, gives valid distillation recipes."""
-    text = (SPACES_DIR / f"{name}.yaml").read_text()
-    assert "#~" in text and "distill_steps" not in load_space(name).spec.transforms
-    space = parse_space(yaml.safe_load(text.replace("#~", "")), f"{name} (uncommented)")
-    lcm = space.suggest(
+    assert {registry()[k].stage.name for k in space.spec.transforms} == stages
+    combined = space.suggest(
         FixedTrial(
             {
-                "method": "steps",
-                "step_method": "consistency",
-                "student_steps": 4,
-                "guidance_embedding": False,
-                "lora_rank": 16,
-                "precision": "full",
+                "structure": "blocks",
+                "block_preset": "small",
+                "student": "trajectory",
+                "trajectory": "trajectory",
+                "student_steps": 3,
+                "lora_rank": 0,
+                "precision": "mixed",
+                "quant_down": "none",
+                "quant_up": "int8_dynamic",
+                "caching": "none",
             }
         )
     )
-    assert kinds(lcm) == ["distill_steps"] and lcm.transforms[0].lora_rank == 16
+    assert kinds(combined) == ["prune_blocks", "distill", "distill_steps", "quantize"]
+    assert combined.transforms[2].student_steps == 3
+    assert combined.transforms[2].method == "trajectory"
+    lcm = space.suggest(
+        FixedTrial(
+            {
+                "structure": "none",
+                "student": "consistency",
+                "consistency": "consistency",
+                "lora_rank": 16,
+                "precision": "full",
+                "lcm_scheduler": "lcm",
+                "lcm_steps": 3,
+                "lcm_guidance": 1.0,
+                "caching": "deepcache",
+                "cache_interval": 2,
+                "cache_branch": 1,
+                "cache_schedule": "uniform",
+            }
+        )
+    )
+    assert kinds(lcm) == ["distill_steps", "sampler", "cache"]  # cache after the sampler
+    assert (lcm.transforms[1].scheduler, lcm.transforms[1].steps) == ("lcm", 3)
+    plain = space.suggest(
+        FixedTrial(
+            {
+                "structure": "none",
+                "student": "none",
+                "precision": "full",
+                "scheduler": "unipc",
+                "steps": 8,
+                "guidance_scale": 3.0,
+                "caching": "none",
+            }
+        )
+    )
+    assert kinds(plain) == ["sampler"]
+
+
+@pytest.mark.parametrize("name", ["sd15", "sdxl"])
+def test_gpu_spaces_search_every_stage_with_nothing_commented_out(name: str) -> None:
+    text = (SPACES_DIR / f"{name}.yaml").read_text()
+    assert "#~" not in text
+    space = load_space(name)
     params = {
-        "method": "guidance",
-        "scheduler": "euler",
-        "karras_sigmas": False,
-        "steps": 8,
-        "guidance_scale": 5.0,
-        "precision": "full",
+        "structure": "blocks",
+        "block_preset": "small",
+        "student": "steps",
+        "step_method": "consistency",
+        "student_steps": 4,
+        "lora_rank": 64,
+        "precision": "mixed",
+        "quant_down": "int8_dynamic",
+        "quant_mid": "none",
+        "quant_up": "float8_dynamic",
+        "caching": "none",
     }
-    assert kinds(space.suggest(FixedTrial(params))) == ["distill_guidance", "sampler"]
+    if name == "sdxl":
+        params["transformer_depth"] = "half"
+    recipe = space.suggest(FixedTrial(params))
+    assert kinds(recipe) == ["prune_blocks", "distill", "distill_steps", "quantize"]
+    assert recipe.transforms[2].lora_rank == 64

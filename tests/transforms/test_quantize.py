@@ -46,6 +46,19 @@ def test_first_matching_rule_wins_and_time_embedding_is_protected(unet) -> None:
     assert assign["down_blocks.0.attentions.0.transformer_blocks.0.ff.net.2"] == "int8_weight_only"
 
 
+def test_a_block_group_pruning_removed_is_skipped(unet) -> None:
+    import copy
+
+    pruned = copy.deepcopy(unet)
+    pruned.mid_block = None  # as prune_blocks leaves it (mid_block_type null)
+    cfg = q(("re:.*", "none"), mid_block="int8_dynamic", up_blocks="int8_weight_only")
+    assign, _ = resolve(pruned, cfg)
+    assert assign and {f for f in assign.values()} == {"int8_weight_only"}
+    assert all(n.startswith("up_blocks.") for n in assign)
+    with pytest.raises(CompressError, match="selects no Linear layer"):  # rules stay strict
+        resolve(pruned, q(("re:mid_block\\..*", "int8_dynamic")))
+
+
 def test_protection_is_configurable(unet) -> None:
     assign, protected = resolve(unet, q(("time_embedding", "int8_weight_only"), protect=[]))
     assert protected == [] and set(assign) == {"time_embedding.linear_1", "time_embedding.linear_2"}
