@@ -9,7 +9,14 @@ __version__ = "0.1.0"
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
 
-__all__ = ["__version__", "load", "apply_recipe", "load_recipe", "load_pipeline"]
+__all__ = [
+    "__version__",
+    "load",
+    "apply_recipe",
+    "load_recipe",
+    "load_pipeline",
+    "set_embedded_guidance",
+]
 
 
 def load(folder: str, **kwargs: Any) -> DiffusionPipeline:
@@ -33,4 +40,8 @@ def __getattr__(name: str) -> Any:
         from compress.models.loading import load_pipeline
 
         return load_pipeline
+    if name == "set_embedded_guidance":  # a guidance-distilled transformer's sampling scale
+        from compress.transforms._dit_guidance import set_embedded_guidance
+
+        return set_embedded_guidance
     raise AttributeError(f"module 'compress' has no attribute {name!r}")

@@ -159,9 +159,7 @@ def recipe_show(file: Annotated[Path, typer.Argument(help="Recipe YAML.")]) -> N
 
     r = load_recipe(file)
     console.print(f"[bold]{r.name}[/bold]  schema v{r.schema_version}  {r.description}")
-    base = (
-        "any architecture" if r.base is None else f"{r.base.denoiser} {r.base.block_out_channels}"
-    )
+    base = "any architecture" if r.base is None else r.base.describe()
     console.print(f"applies to: {base}")
     table = Table("#", "kind", "stage", "parameters")
     for i, t in enumerate(r.transforms):
@@ -194,7 +192,10 @@ _Json = Annotated[Path | None, typer.Option("--json", help="Results JSON (defaul
 @app.command()
 def bench(
     model: Annotated[str | None, typer.Option(help="'miniature', a folder or a hub id.")] = None,
-    arch: Annotated[str | None, typer.Option(help="sd15, sd21, sdxl: random weights.")] = None,
+    arch: Annotated[
+        str | None,
+        typer.Option(help="sd15, sd21, sdxl, pixart-sigma, sd3-medium, sana-600m: random weights."),
+    ] = None,
     device: _Device = "cpu",
     dtype: _DType = None,
     resolution: _Res = None,

@@ -95,9 +95,12 @@ class Recipe(_Strict):
 
     @property
     def native(self) -> bool:
-        """True when every transform's result is expressible in standard diffusers configs."""
+        """True when every transform's result is expressible in standard diffusers configs (a
+        transform records `native: false` where it was not on this model, e.g. a guidance
+        embedding added to a transformer)."""
         specs = registry()
-        return all(specs[t.kind].native and t.saves_natively() for t in self.transforms)
+        configs = all(specs[t.kind].native and t.saves_natively() for t in self.transforms)
+        return configs and not any(r.metadata.get("native") is False for r in self.records)
 
     def find(self, kind: str) -> TransformConfig | None:
         return next((t for t in self.transforms if t.kind == kind), None)

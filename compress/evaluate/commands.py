@@ -43,9 +43,11 @@ def make_settings(**fields: Any) -> EvalSettings:
 def load_for(model: str | None, arch: str | None, settings: EvalSettings) -> DiffusionPipeline:
     """A checkpoint (`--model`) or a full-size random-weight architecture (`--arch`), placed."""
     if (model is None) == (arch is None):
+        from compress.models.archs import ARCHS
+
         raise CompressError(
             "give exactly one of --model (miniature, a folder or a hub id) and "
-            "--arch (sd15, sd21, sdxl)"
+            f"--arch ({', '.join(ARCHS)})"
         )
     if arch is not None:
         from compress.evaluate.run import check_device

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,7 +15,14 @@ if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
 
 BUILTIN = ("miniature",)
-SUPPORTED = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
+SUPPORTED = (
+    "StableDiffusionPipeline",
+    "StableDiffusionXLPipeline",
+    "PixArtAlphaPipeline",
+    "PixArtSigmaPipeline",
+    "StableDiffusion3Pipeline",
+    "SanaPipeline",
+)
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 _DTYPES = ("float32", "float16", "bfloat16")
 
@@ -73,11 +81,13 @@ def weights_digest(model: str) -> str | None:
 def load_pipeline(
     model: str, *, device: str = "cpu", dtype: str | torch.dtype | None = None, **kwargs: Any
 ) -> DiffusionPipeline:
-    """Load a Stable Diffusion (1.x/2.x) or SDXL pipeline, ready on `device`."""
+    """Load a Stable Diffusion (1.x/2.x), SDXL, PixArt, SD3 or Sana pipeline, ready on `device`."""
     from diffusers import DiffusionPipeline
 
     source = resolve(model)
     local = Path(source).is_dir()
+    if local:
+        kwargs = {**absent_components(Path(source)), **kwargs}
     try:
         pipe = DiffusionPipeline.from_pretrained(
             source, torch_dtype=parse_dtype(dtype), local_files_only=local, **kwargs
@@ -89,7 +99,9 @@ def load_pipeline(
             else f"download it first (`hf download {source} --local-dir DIR`) and pass --model DIR"
         )
         raise CompressError(f"could not load {model!r}: {exc}; {hint}") from exc
-    if type(pipe).__name__ not in SUPPORTED or getattr(pipe, "unet", None) is None:
+    if type(pipe).__name__ not in SUPPORTED or not any(
+        getattr(pipe, a, None) is not None for a in ("unet", "transformer")
+    ):
         raise CompressError(
             f"{model!r} is a {type(pipe).__name__}; supported pipelines: {', '.join(SUPPORTED)}"
         )
@@ -100,3 +112,13 @@ def load_pipeline(
 
         set_call_defaults(pipe, **DEFAULT_CALL)
     return pipe.to(device)
+
+
+def absent_components(folder: Path) -> dict[str, None]:
+    """Components a pipeline folder was saved without (`[null, null]` in model_index.json, e.g.
+    SD3 without its T5 encoder): diffusers loads such a folder only when they are passed as None."""
+    try:
+        index = json.loads((folder / "model_index.json").read_text())
+    except (OSError, ValueError):
+        return {}  # from_pretrained reports the broken folder itself
+    return {k: None for k, v in index.items() if isinstance(v, list) and v[:1] == [None]}

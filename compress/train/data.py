@@ -156,18 +156,22 @@ def speaks_miniature(pipe: DiffusionPipeline) -> bool:
 
 
 def calibration_prompts(pipe: DiffusionPipeline, ctx: RunContext, n: int) -> list[str]:
-    """`n` prompts: the run's own, else the miniature's digits prompts when the pipeline is it."""
+    """`n` prompts: the run's own, else the captions of its image folder, else the miniature's
+    digits prompts when the pipeline is it."""
     import numpy as np
 
-    if ctx.prompts:
-        return [ctx.prompts[i % len(ctx.prompts)] for i in range(n)]
+    prompts = ctx.prompts or (read_image_folder(Path(ctx.data))[1] if ctx.data else [])
+    if prompts:
+        return [prompts[i % len(prompts)] for i in range(n)]
     if speaks_miniature(pipe):
         from compress.models.miniature import data as digits
 
         rng = np.random.default_rng(ctx.seed)
         _, labels = digits.load_split("train")
         return digits.random_prompts(rng, digits.sample_attributes(rng, rng.choice(labels, n)))
-    raise CompressError("calibration needs prompts: --prompts FILE (RunContext.prompts)")
+    raise CompressError(
+        "calibration needs prompts: --prompts FILE (RunContext.prompts) or --data with captions"
+    )
 
 
 def build_dataset(

@@ -13,7 +13,10 @@ def _count(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-# Parameter counts of the published checkpoints (diffusers / transformers report these).
+# Parameter counts of the published checkpoints (diffusers / transformers report these). The
+# Sana transformer's is what diffusers' conversion of the published checkpoint (its
+# SanaMS_600M_P1_D28 config) holds; the others are the published components' counts.
+T5_XXL = 4_762_310_656
 PUBLISHED = {
     "sd15": {"unet": 859_520_964, "vae": 83_653_863, "text_encoder": 123_060_480},
     "sd21": {"unet": 865_910_724, "vae": 83_653_863, "text_encoder": 340_387_840},
@@ -23,7 +26,18 @@ PUBLISHED = {
         "text_encoder": 123_060_480,
         "text_encoder_2": 694_659_840,
     },
+    "pixart-sigma": {"transformer": 610_856_096, "vae": 83_653_863, "text_encoder": T5_XXL},
+    "sd3-medium": {
+        "transformer": 2_028_328_000,
+        "vae": 83_819_683,
+        "text_encoder": 123_650_304,
+        "text_encoder_2": 694_659_840,
+        "text_encoder_3": T5_XXL,
+    },
+    "sana-600m": {"transformer": 591_747_872, "vae": 312_250_275, "text_encoder": 2_614_341_888},
 }
+# Positions the (first) tokenizer pads to, as in each published pipeline.
+TOKENS = {"pixart-sigma": 300, "sana-600m": 300}
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -33,18 +47,20 @@ def test_meta_build_matches_published_sizes(arch: str) -> None:
         module = getattr(pipe, name)
         assert _count(module) == expected, name
         assert next(module.parameters()).device.type == "meta"
-    assert pipe.tokenizer.model_max_length == 77
+    assert pipe.tokenizer.model_max_length == TOKENS.get(arch, 77)
     assert pipe.scheduler.config.num_train_timesteps == 1000
 
 
 def test_sd21_predicts_v_and_sdxl_conditions_on_time() -> None:
     assert arch_config("sd21", "scheduler")["prediction_type"] == "v_prediction"
+    assert arch_config("sana-600m", "scheduler")["prediction_type"] == "flow_prediction"
+    assert arch_config("sd3-medium", "scheduler")["shift"] == 3.0
     assert arch_config("sdxl", "unet")["addition_embed_type"] == "text_time"
     assert arch_config("sdxl", "vae")["scaling_factor"] == 0.13025
 
 
 def test_unknown_arch_and_component() -> None:
-    with pytest.raises(CompressError, match="sd15, sd21, sdxl"):
+    with pytest.raises(CompressError, match="sd15, sd21, sdxl, pixart-sigma"):
         build_arch_pipeline("sd3")
     with pytest.raises(CompressError, match="no component 'text_encoder_2'"):
         arch_config("sd15", "text_encoder_2")
@@ -81,9 +97,12 @@ def test_materialize_draws_weights_on_device_in_dtype() -> None:
 @pytest.mark.gpu
 @pytest.mark.parametrize("arch", ARCHS)
 def test_full_size_runs_on_gpu_in_float16(arch: str) -> None:
+    from compress.models.denoiser import denoiser, denoiser_attr
+
     pipe = build_arch_pipeline(arch, device="cuda", dtype="float16")
-    assert pipe.unet.dtype == torch.float16 and pipe.unet.device.type == "cuda"
-    assert _count(pipe.unet) == PUBLISHED[arch]["unet"]
+    net = denoiser(pipe)
+    assert net.dtype == torch.float16 and net.device.type == "cuda"
+    assert _count(net) == PUBLISHED[arch][denoiser_attr(pipe)]
     with torch.inference_mode():
         image = pipe(
             prompt=["a photo of a cat"],

@@ -1,5 +1,6 @@
 """One contract every registered transform honours: its config round-trips; apply, save and
-reload give identical images; restore on a fresh copy reproduces them."""
+reload give identical images; restore on a fresh copy reproduces them. On a UNet pipeline, and on
+a diffusion transformer (PixArt) for every transform that applies to one."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from compress.apply import apply_recipe, restore
 from compress.context import RunContext
 from compress.generate import call_defaults, generate
 from compress.models.artifact import load_artifact, save_artifact
-from compress.models.tiny import build_tiny_pipeline
+from compress.models.tiny import build_tiny_pipeline, build_tiny_pixart_pipeline
 from compress.recipe import Recipe, load_recipe
 from compress.transforms.base import TransformConfig, config_adapter, registry
 from compress.transforms.cache import CacheConfig
@@ -76,6 +77,49 @@ EXAMPLES: dict[str, tuple[TransformConfig, Callable[[], RunContext]]] = {
 
 # kinds whose effect is a hook installed at load time: the folder holds the unchanged model
 RUNTIME_HOOKS = {"cache"}
+# The same kinds on a PixArt transformer (block names and LoRA-free students differ).
+DIT_EXAMPLES: dict[str, tuple[TransformConfig, Callable[[], RunContext]]] = {
+    **EXAMPLES,
+    "cache": (CacheConfig(method="pyramid_attention_broadcast", interval=2), RunContext),
+    "prune_blocks": (PruneBlocksConfig(every=2), RunContext),
+    "distill_steps": (
+        DistillStepsConfig(
+            method="trajectory",
+            steps=2,
+            batch_size=2,
+            samples=2,
+            teacher_steps=2,
+            student_steps=2,
+            teacher_substeps=2,
+        ),
+        lambda: RunContext(prompts=PROMPTS),
+    ),
+    "quantize": (
+        QuantizeConfig(
+            attention="int8_dynamic",
+            rules=[
+                {"match": "transformer_blocks.3", "format": "intx4_weight_only"},
+                {"match": "re:.*", "format": "int8_weight_only"},
+            ],
+        ),
+        RunContext,
+    ),
+    "qat": (
+        QATConfig(
+            rules=[{"match": "transformer_blocks.3", "format": "int8_dynamic"}],
+            steps=2,
+            samples=2,
+            batch_size=2,
+            teacher_steps=2,
+        ),
+        lambda: RunContext(prompts=PROMPTS),
+    ),
+}
+FAMILIES = {
+    "unet": (build_tiny_pipeline, EXAMPLES),
+    "pixart": (build_tiny_pixart_pipeline, DIT_EXAMPLES),
+}
+CASES = [(f, k) for f, (_, examples) in FAMILIES.items() for k in sorted(examples)]
 
 
 @pytest.fixture(autouse=True)
@@ -86,12 +130,12 @@ def _eager_compile(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_every_registered_transform_has_an_example() -> None:
-    assert set(registry()) == set(EXAMPLES)
+    assert set(registry()) == set(EXAMPLES) == set(DIT_EXAMPLES)
 
 
-@pytest.mark.parametrize("kind", sorted(EXAMPLES))
-def test_config_round_trips(kind: str) -> None:
-    cfg, _ = EXAMPLES[kind]
+@pytest.mark.parametrize("family,kind", CASES)
+def test_config_round_trips(family: str, kind: str) -> None:
+    cfg, _ = FAMILIES[family][1][kind]
     data = cfg.model_dump(mode="json")
     assert config_adapter().validate_python([data])[0] == cfg
     assert type(cfg).model_validate_json(cfg.model_dump_json()) == cfg
@@ -104,12 +148,27 @@ def images(pipe, **kw) -> np.ndarray:
     return np.stack([np.asarray(im) for im in generate(pipe, PROMPTS, SEEDS, **kw)])
 
 
-@pytest.mark.parametrize("kind", sorted(EXAMPLES))
-def test_apply_save_reload_identical(kind: str, tmp_path: Path) -> None:
+def same_after_loading(loaded: np.ndarray, before: np.ndarray, family: str) -> None:
+    """Identical images; for PixArt up to float rounding. Weights loaded from safetensors are not
+    64-byte aligned and some of the tiny PixArt's small CPU matrix products then round their
+    last bit differently (a freshly built copy loaded the same way differs alike): a few of its
+    8-bit values move by one level."""
+    if family == "unet":
+        np.testing.assert_array_equal(loaded, before)
+        return
+    diff = np.abs(loaded.astype(int) - before)
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
+
+
+@pytest.mark.parametrize("family,kind", CASES)
+def test_apply_save_reload_identical(family: str, kind: str, tmp_path: Path) -> None:
     from diffusers import DiffusionPipeline
 
-    cfg, make_ctx = EXAMPLES[kind]
-    pipe = build_tiny_pipeline()
+    from compress.models.denoiser import denoiser
+
+    build, examples = FAMILIES[family]
+    cfg, make_ctx = examples[kind]
+    pipe = build()
     applied = apply_recipe(pipe, Recipe(name=f"contract-{kind}", transforms=[cfg]), make_ctx())
     before = images(pipe)
     assert before.std() > 0
@@ -117,15 +176,18 @@ def test_apply_save_reload_identical(kind: str, tmp_path: Path) -> None:
     out = save_artifact(pipe, applied, tmp_path / "artifact")
     assert load_recipe(out / "recipe.yaml") == applied
     loaded = load_artifact(out)
-    np.testing.assert_array_equal(images(loaded), before)
+    after = images(loaded)
+    same_after_loading(after, before, family)
 
     if applied.native:  # plain diffusers, with the call arguments a user reads from the recipe
-        plain = DiffusionPipeline.from_pretrained(out, torch_dtype=pipe.unet.dtype)
+        plain = DiffusionPipeline.from_pretrained(out, torch_dtype=denoiser(pipe).dtype)
         plain.set_progress_bar_config(disable=True)
-        # runtime hooks (cache) are not in the folder: plain diffusers samples without them
-        expected = images(build_tiny_pipeline()) if kind in RUNTIME_HOOKS else before
-        np.testing.assert_array_equal(images(plain, **call_defaults(pipe)), expected)
+        shown = images(plain, **call_defaults(pipe))
+        if kind in RUNTIME_HOOKS:  # not in the folder: plain diffusers samples without them
+            same_after_loading(shown, images(build()), family)
+        else:
+            np.testing.assert_array_equal(shown, after)
 
-    fresh = build_tiny_pipeline()
+    fresh = build()
     restore(fresh, applied, ctx=make_ctx())  # transforms re-run from data get it again
     np.testing.assert_array_equal(images(fresh), before)
