@@ -1,8 +1,10 @@
-"""Load diffusers pipelines from a hub id, a local folder, or the built-in name `miniature`."""
+"""Load diffusers pipelines from a hub id, a local folder, or a built-in name (`miniature`,
+`miniature-dit`)."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -13,8 +15,8 @@ if TYPE_CHECKING:
     import torch
     from diffusers import DiffusionPipeline
 
-BUILTIN = ("miniature",)
-SUPPORTED = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
+BUILTIN = ("miniature", "miniature-dit")
+SUPPORTED = ("StableDiffusionPipeline", "StableDiffusionXLPipeline", "StableDiffusion3Pipeline")
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 _DTYPES = ("float32", "float16", "bfloat16")
 
@@ -32,10 +34,14 @@ def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
 
 def resolve(model: str) -> str:
     """Turn a model argument into a local folder or hub id, or raise naming the accepted forms."""
-    if model in BUILTIN:
+    if model == "miniature":
         from compress.models.miniature import weights_dir
 
         return str(weights_dir())
+    if model == "miniature-dit":
+        from compress.models import miniature_dit
+
+        return str(miniature_dit.weights_dir())
     path = Path(model).expanduser()
     if path.is_dir():
         if not (path / "model_index.json").is_file():
@@ -73,11 +79,15 @@ def weights_digest(model: str) -> str | None:
 def load_pipeline(
     model: str, *, device: str = "cpu", dtype: str | torch.dtype | None = None, **kwargs: Any
 ) -> DiffusionPipeline:
-    """Load a Stable Diffusion (1.x/2.x) or SDXL pipeline, ready on `device`."""
+    """Load a Stable Diffusion (1.x/2.x), SDXL or SD3 pipeline, ready on `device`."""
     from diffusers import DiffusionPipeline
+
+    from compress.models.denoiser import ATTRS
 
     source = resolve(model)
     local = Path(source).is_dir()
+    if local:
+        kwargs = {**absent_components(Path(source)), **kwargs}
     try:
         pipe = DiffusionPipeline.from_pretrained(
             source, torch_dtype=parse_dtype(dtype), local_files_only=local, **kwargs
@@ -89,14 +99,30 @@ def load_pipeline(
             else f"download it first (`hf download {source} --local-dir DIR`) and pass --model DIR"
         )
         raise CompressError(f"could not load {model!r}: {exc}; {hint}") from exc
-    if type(pipe).__name__ not in SUPPORTED or getattr(pipe, "unet", None) is None:
+    if type(pipe).__name__ not in SUPPORTED or all(getattr(pipe, a, None) is None for a in ATTRS):
         raise CompressError(
             f"{model!r} is a {type(pipe).__name__}; supported pipelines: {', '.join(SUPPORTED)}"
         )
     pipe.set_progress_bar_config(disable=True)
+    from compress.generate import set_call_defaults
+    from compress.models import miniature_dit
+
+    # what the DiT miniature and every pipeline derived from it need to sample as trained
+    set_call_defaults(pipe, **miniature_dit.trained_call(pipe))
     if model == "miniature":  # sampled at 20 steps and its tuned guidance, not diffusers' 50/7.5
-        from compress.generate import set_call_defaults
         from compress.models.miniature.prompts import DEFAULT_CALL
 
         set_call_defaults(pipe, **DEFAULT_CALL)
+    elif model == "miniature-dit":  # its tuned steps and guidance
+        set_call_defaults(pipe, **miniature_dit.DEFAULT_CALL)
     return pipe.to(device)
+
+
+def absent_components(folder: Path) -> dict[str, None]:
+    """Components a pipeline folder was saved without (`[null, null]` in model_index.json, e.g.
+    SD3 without its T5 encoder): diffusers loads such a folder only when they are passed as None."""
+    try:
+        index = json.loads((folder / "model_index.json").read_text())
+    except (OSError, ValueError):
+        return {}  # from_pretrained reports the broken folder itself
+    return {k: None for k, v in index.items() if isinstance(v, list) and v[:1] == [None]}
