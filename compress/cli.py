@@ -22,7 +22,8 @@ app = typer.Typer(
 recipe_app = typer.Typer(help="Validate and inspect recipe files.", no_args_is_help=True)
 app.add_typer(recipe_app, name="recipe")
 
-console = Console()
+# Piped or captured output reads one line per event: no wrapping at a guessed width.
+console = Console(soft_wrap=not sys.stdout.isatty())
 err_console = Console(stderr=True, soft_wrap=True)
 _state = {"verbose": False}
 
@@ -134,6 +135,18 @@ def recipe_validate(file: Annotated[Path, typer.Argument(help="Recipe YAML.")]) 
     console.print(f"[green]valid[/green] {file}: {r.name} ({len(r.transforms)} transforms)")
 
 
+@recipe_app.command("list")
+def recipe_list() -> None:
+    """List the preset recipes shipped with the package (apply one by its name)."""
+    from compress import shipped
+    from compress.recipe import load_recipe
+
+    for name in shipped.recipe_names():
+        r = load_recipe(shipped.find("recipe", name))
+        kinds = " + ".join(t.kind for t in r.transforms)
+        console.print(f"{name}  [dim]{kinds}[/dim]  {r.description}", highlight=False)
+
+
 @recipe_app.command("show")
 def recipe_show(file: Annotated[Path, typer.Argument(help="Recipe YAML.")]) -> None:
     """Print a recipe's transforms, scores and provenance."""
@@ -144,9 +157,7 @@ def recipe_show(file: Annotated[Path, typer.Argument(help="Recipe YAML.")]) -> N
 
     r = load_recipe(file)
     console.print(f"[bold]{r.name}[/bold]  schema v{r.schema_version}  {r.description}")
-    base = (
-        "any architecture" if r.base is None else f"{r.base.denoiser} {r.base.block_out_channels}"
-    )
+    base = "any architecture" if r.base is None else r.base.describe()
     console.print(f"applies to: {base}")
     table = Table("#", "kind", "stage", "parameters")
     for i, t in enumerate(r.transforms):
@@ -179,7 +190,10 @@ _Json = Annotated[Path | None, typer.Option("--json", help="Results JSON (defaul
 @app.command()
 def bench(
     model: Annotated[str | None, typer.Option(help="'miniature', a folder or a hub id.")] = None,
-    arch: Annotated[str | None, typer.Option(help="sd15, sd21, sdxl: random weights.")] = None,
+    arch: Annotated[
+        str | None,
+        typer.Option(help="sd15, sd21, sdxl, pixart-sigma, sd3-medium, sana-600m: random weights."),
+    ] = None,
     device: _Device = "cpu",
     dtype: _DType = None,
     resolution: _Res = None,
@@ -297,8 +311,34 @@ def search(
     seed: Annotated[int | None, _Opt(help="Sampler seed.")] = None,
     out: Annotated[str | None, _Opt(help="Run folder (default: runs/<space>-<time>).")] = None,
     resume: Annotated[Path | None, _Opt(help="Continue the search in this run folder.")] = None,
+    time_budget: Annotated[
+        str | None, _Opt(help="Stop starting trials after this long (90s, 12m, 8h).")
+    ] = None,
+    cache: Annotated[
+        str | None, _Opt(help="Prefix cache folder, shared by runs and nodes (default RUN/cache).")
+    ] = None,
+    data: Annotated[
+        Path | None, _Opt(help="Training images with captions for every trial.")
+    ] = None,
+    prompts: Annotated[
+        Path | None, _Opt(help="Prompts file (one per line) the teacher draws training images of.")
+    ] = None,
+    dry_run: Annotated[
+        bool, _Opt("--dry-run", help="Validate the space and show samples; load no model.")
+    ] = False,
+    list_spaces: Annotated[
+        bool, _Opt("--list-spaces", help="List the shipped search spaces and exit.")
+    ] = False,
 ) -> None:
     """Search compressions; write the Pareto front as recipes, a trials CSV and a report."""
+    from compress.search.command import dry_run_command, list_spaces_command
+
+    if list_spaces:
+        list_spaces_command(console)
+        return
+    if dry_run:
+        dry_run_command(console, space or "miniature")
+        return
     heavy()
     from compress.search.command import search_command
 
@@ -323,6 +363,10 @@ def search(
         staged=None if staged else False,
         seed=seed,
         out=out,
+        time_budget=time_budget,
+        cache=cache,
+        data=str(data) if data else None,
+        prompts=str(prompts) if prompts else None,
     )
 
 

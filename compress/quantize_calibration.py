@@ -66,7 +66,9 @@ def capture(
 
     if len(prompts) != cfg.prompts:
         raise CompressError(f"calibration asks for {cfg.prompts} prompts but got {len(prompts)}")
-    unet = pipe.unet
+    from compress.models.denoiser import denoiser
+
+    unet = denoiser(pipe)
     signature = inspect.signature(unet.forward)
     calls: list[Call] = []
 

@@ -42,6 +42,14 @@ class Scores(_Strict):
     quality_parts: dict[str, float] = Field(default_factory=dict)
     settings: dict[str, Any] = Field(default_factory=dict)  # device, dtype, resolution, steps...
     flags: list[str] = Field(default_factory=list)  # e.g. "quantized-but-not-faster"
+    # Paired timing (compress.evaluate.paired): median per-round ratio of the uncompressed
+    # baseline's time to this candidate's, timed in alternation in one process, with its 95%
+    # bootstrap interval; `reference` says how the baseline was called and how many rounds ran.
+    speedup: float | None = None
+    speedup_ci: list[float] | None = None
+    reference: dict[str, Any] = Field(default_factory=dict)
+    parent_speedup: float | None = None  # against the unquantized parent (quantized candidates)
+    parent_speedup_ci: list[float] | None = None
 
 
 class Provenance(_Strict):
@@ -87,9 +95,12 @@ class Recipe(_Strict):
 
     @property
     def native(self) -> bool:
-        """True when every transform's result is expressible in standard diffusers configs."""
+        """True when every transform's result is expressible in standard diffusers configs (a
+        transform records `native: false` where it was not on this model, e.g. a guidance
+        embedding added to a transformer)."""
         specs = registry()
-        return all(specs[t.kind].native and t.saves_natively() for t in self.transforms)
+        configs = all(specs[t.kind].native and t.saves_natively() for t in self.transforms)
+        return configs and not any(r.metadata.get("native") is False for r in self.records)
 
     def find(self, kind: str) -> TransformConfig | None:
         return next((t for t in self.transforms if t.kind == kind), None)
@@ -133,10 +144,19 @@ def parse_recipe(data: Any, source: str = "<data>") -> Recipe:
 
 
 def load_recipe(path: str | os.PathLike[str]) -> Recipe:
-    """Read a recipe YAML with `safe_load` only: no tag can construct objects or run code."""
+    """Read a recipe YAML with `safe_load` only: no tag can construct objects or run code.
+    A name without a file, such as `dpmsolver-fast`, is a shipped preset."""
+    from compress import shipped
+
     path = Path(path)
     if not path.is_file():
-        raise RecipeError(f"recipe file {path} does not exist")
+        found = shipped.find("recipe", str(path)) if path.suffix != ".yaml" else None
+        if found is None:
+            raise RecipeError(
+                f"recipe file {path} does not exist (shipped presets: "
+                f"{', '.join(shipped.recipe_names())}; `compress recipe list`)"
+            )
+        path = found
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:

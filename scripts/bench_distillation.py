@@ -101,7 +101,7 @@ def fine_tuned_copy(base: Any, updates: int, seed: int = 1) -> Any:
     from compress.train import TrainSettings
     from compress.train import train as fit
     from compress.train.data import build_dataset
-    from compress.train.diffusion import noisy, training_scheduler, unet_kwargs
+    from compress.train.diffusion import noisy, predict, training_scheduler
 
     other = copy.deepcopy(base)
     data, _ = build_dataset(other, "miniature-digits", n=1437, seed=seed)
@@ -109,7 +109,7 @@ def fine_tuned_copy(base: Any, updates: int, seed: int = 1) -> Any:
 
     def loss(unet: Any, _: Any, batch: dict[str, Any]) -> Any:
         x_t, t, target = noisy(sched, batch.pop("latents"))
-        return F.mse_loss(unet(x_t, t, **unet_kwargs(batch), return_dict=False)[0], target)
+        return F.mse_loss(predict(unet, x_t, t, batch), target)
 
     settings = TrainSettings(steps=updates, lr=1e-4, seed=seed, description="fine-tune")
     fit(other.unet, loss, data.loader(16, seed), settings)

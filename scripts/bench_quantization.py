@@ -27,15 +27,19 @@ def unet_mb(pipe: Any) -> float:
         return sum(f.stat().st_size for f in Path(tmp).glob("*.safetensors")) / 2**20
 
 
-def measure(args: argparse.Namespace, fmt: str, settings: Any, reference: Any) -> dict[str, Any]:
+def measure(
+    args: argparse.Namespace, fmt: str, settings: Any, reference: Any, base: Any
+) -> dict[str, Any]:
+    """One format's row; its latency is paired against `base` (full precision) in one process."""
     from compress.context import RunContext
     from compress.evaluate import commands
-    from compress.evaluate.latency import measure_latency
+    from compress.evaluate.latency import device_name
+    from compress.evaluate.paired import paired_latency
     from compress.evaluate.quality import get_metric
     from compress.evaluate.run import generate_images
-    from compress.transforms.quantize import QuantizeConfig, apply_quantize
+    from compress.transforms.quantize import NOT_FASTER, QuantizeConfig, apply_quantize
 
-    pipe = commands.load_for(args.model, args.arch, settings)
+    pipe = base if fmt == BASE else commands.load_for(args.model, args.arch, settings)
     builtin = args.model == "miniature"
     layers, method = 0, "-"
     rules = [{"match": "re:.*", "format": fmt.removesuffix(" qat")}]
@@ -63,12 +67,14 @@ def measure(args: argparse.Namespace, fmt: str, settings: Any, reference: Any) -
         "layers": layers,
         "unet_mb": unet_mb(pipe),
     }
-    lat = measure_latency(pipe, settings)
+    pair = paired_latency(pipe, {BASE: (base, settings)}, settings, rounds=max(2, args.runs))
+    ratio = pair.speedup[BASE]
     row |= {
-        "latency_ms": lat.median_ms,
-        "spread_ms": lat.spread_ms,
-        "denoiser_ms": lat.components_ms.get("denoiser"),
-        "compile_ms": lat.compile_ms,
+        "latency_ms": pair.median_ms(),
+        "spread_ms": pair.spread_ms(),
+        "denoiser_ms": sorted(pair.components_ms["candidate"]["denoiser"])[args.runs // 2],
+        "speedup": ratio.median,
+        "speedup_ci": [round(ratio.low, 3), round(ratio.high, 3)],
     }
     if args.model is not None:
         metric = get_metric(settings.metric, device=settings.device)
@@ -76,8 +82,16 @@ def measure(args: argparse.Namespace, fmt: str, settings: Any, reference: Any) -
         images = generate_images(pipe, prompts, seeds, settings)
         value, _ = metric.score(images, prompts, reference_images=reference)
         row |= {"quality": value, "metric": f"{metric.name} {metric.version}"}
-    row["device"] = lat.device_name
+    row["device"] = device_name(settings.device)
+    if fmt != BASE:  # quantized, but no faster: the paired interval reaches 1 or lies below it
+        row["flags"] = [] if ratio.low > 1.0 else [NOT_FASTER]
     return row
+
+
+def commands_load(args: argparse.Namespace, settings: Any) -> Any:
+    from compress.evaluate import commands
+
+    return commands.load_for(args.model, args.arch, settings)
 
 
 def main() -> None:
@@ -107,8 +121,6 @@ def main() -> None:
 
     import_heavy()
     from compress.evaluate.commands import make_settings
-    from compress.recipe import Scores
-    from compress.transforms.quantize import flag_if_not_faster
 
     settings = make_settings(
         device=args.device,
@@ -129,12 +141,10 @@ def main() -> None:
     rows = []
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     formats += [f.strip() + " qat" for f in args.qat.split(",") if f.strip()]
+    base = commands_load(args, settings)
     for fmt in [BASE, *formats]:
         print(f"measuring {fmt} ...", file=sys.stderr, flush=True)
-        rows.append(measure(args, fmt, settings, reference))
-    parent = Scores(latency_ms=rows[0]["latency_ms"], latency_spread_ms=rows[0]["spread_ms"])
-    for row in rows[1:]:
-        row["flags"] = flag_if_not_faster(Scores(latency_ms=row["latency_ms"]), parent).flags
+        rows.append(measure(args, fmt, settings, reference, base))
     print("command: python " + " ".join(sys.argv))
     print(f"device: {rows[0]['device']}, settings: {settings.model_dump(exclude_none=True)}\n")
     cols = [
@@ -145,6 +155,8 @@ def main() -> None:
         "latency_ms",
         "spread_ms",
         "denoiser_ms",
+        "speedup",
+        "speedup_ci",
         "quality",
         "flags",
     ]

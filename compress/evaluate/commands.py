@@ -54,9 +54,9 @@ def load_for(model: str | None, arch: str | None, settings: EvalSettings) -> Dif
         check_device(settings.device)
         return build_arch_pipeline(arch, device=settings.device, dtype=settings.dtype)
     from compress.evaluate.run import place
-    from compress.models.loading import load_pipeline
+    from compress.models.artifact import load_model
 
-    return place(load_pipeline(model, dtype=settings.dtype), settings)
+    return place(load_model(model, dtype=settings.dtype), settings)
 
 
 def run_bench(

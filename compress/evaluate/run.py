@@ -86,13 +86,17 @@ def evaluate(
     *,
     reference_images: list[Any] | None = None,
     metric: Metric | None = None,
+    timed: bool = True,
 ) -> Score:
     """Latency (median of timed runs) and quality (the settings' metric) of `pipe`.
 
     `metric` overrides the registry's default instance of `settings.metric` (e.g. one built with
     local weight paths); `reference_images` are the uncompressed pipeline's images, for fidelity.
+    `timed=False` scores quality only (a search trial times its candidate paired instead).
     """
+    from compress.evaluate.latency import resolved_settings
     from compress.evaluate.quality import get_metric
+    from compress.evaluate.timing import cpu_threads
 
     if metric is None:
         metric = get_metric(settings.metric, device=settings.device)
@@ -107,20 +111,23 @@ def evaluate(
     prompts, seeds = _prompts(metric, settings)
     version = metric.version  # fail on missing metric files before minutes of generation
     place(pipe, settings)
-    latency = measure_latency(pipe, settings, prompts=prompts)
+    latency = measure_latency(pipe, settings, prompts=prompts) if timed else None
     images = generate_images(pipe, prompts, seeds, settings)
     value, parts = metric.score(images, prompts, reference_images=reference_images)
+    if latency is None:
+        with cpu_threads(settings.threads) as threads:
+            resolved = resolved_settings(pipe, settings, threads)
     return Score(
-        latency_ms=latency.median_ms,
-        latency_spread_ms=latency.spread_ms,
-        components_ms=latency.components_ms,
-        peak_memory_mb=latency.peak_memory_mb,
+        latency_ms=latency.median_ms if latency else None,
+        latency_spread_ms=latency.spread_ms if latency else None,
+        components_ms=latency.components_ms if latency else {},
+        peak_memory_mb=latency.peak_memory_mb if latency else None,
         quality=value,
         quality_metric=metric.name,
         quality_metric_version=version,
         quality_parts=parts,
         higher_is_better=metric.higher_is_better,
-        settings=latency.settings,
+        settings=latency.settings if latency else resolved,
         prompts=prompts,
         seeds=seeds,
         images=images,

@@ -63,8 +63,8 @@ class Score(BaseModel):
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
-    latency_ms: float
-    latency_spread_ms: float
+    latency_ms: float | None = None  # None: scored without timing (see `evaluate(timed=...)`)
+    latency_spread_ms: float | None = None
     components_ms: dict[str, float] = Field(default_factory=dict)
     peak_memory_mb: float | None = None
     quality: float

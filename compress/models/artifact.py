@@ -49,6 +49,19 @@ def save_artifact(
     return out
 
 
+def is_artifact(model: str) -> bool:
+    """True for a folder written by `compress apply` (it holds the applied recipe)."""
+    return Path(model).expanduser().is_dir() and (Path(model).expanduser() / RECIPE_FILE).is_file()
+
+
+def load_model(model: str, **kwargs: Any) -> DiffusionPipeline:
+    """Any model argument, loaded as it is meant to run: an artifact of `compress apply` with its
+    recipe replayed (call defaults included), else a pipeline folder, hub id or built-in name."""
+    from compress.models.loading import load_pipeline
+
+    return load_artifact(model, **kwargs) if is_artifact(model) else load_pipeline(model, **kwargs)
+
+
 def load_artifact(folder: str | os.PathLike[str], **kwargs: Any) -> DiffusionPipeline:
     """Load the saved structure and weights, then replay what the configs do not hold."""
     from compress.models.loading import load_pipeline
@@ -72,31 +85,37 @@ def load_artifact(folder: str | os.PathLike[str], **kwargs: Any) -> DiffusionPip
 
 def _load_restructured(folder: Path, recipe: Recipe, **kwargs: Any) -> DiffusionPipeline:
     """Non-native structure: build the denoiser from its saved config, replay the recorded
-    transforms on it (e.g. pruned channels), then load its weights from safetensors."""
+    transforms on it (e.g. pruned channels, an added guidance embedding), then load its weights
+    from safetensors."""
+    import json
+
+    import diffusers
     import torch
-    from diffusers import UNet2DConditionModel
     from safetensors.torch import load_file
 
     from compress.models.loading import load_pipeline, parse_dtype
 
-    config = UNet2DConditionModel.load_config(folder / "unet")
+    index = json.loads((folder / "model_index.json").read_text())
+    attr = "unet" if "unet" in index else "transformer"
+    cls = getattr(diffusers, index[attr][1])
+    config = cls.load_config(folder / attr)
     for record in recipe.records:  # config fields a transform added: its on_load re-adds them
         for key in record.metadata.get("unet_config_added", []):
             config[key] = None
-    unet = UNet2DConditionModel.from_config(config)
-    pipe = load_pipeline(str(folder), unet=unet, **kwargs)
+    pipe = load_pipeline(str(folder), **{attr: cls.from_config(config)}, **kwargs)
     restore(pipe, recipe, only_replayed=True)
+    net = getattr(pipe, attr)
     state: dict[str, Any] = {}
-    for f in sorted((folder / "unet").glob("*.safetensors")):
+    for f in sorted((folder / attr).glob("*.safetensors")):
         state.update(_load_weights(f, load_file))
     quantized = any(type(v) is not torch.Tensor for v in state.values())
     # quantized tensors replace the float parameters instead of being copied into them
-    pipe.unet.load_state_dict(state, strict=True, assign=quantized)
+    net.load_state_dict(state, strict=True, assign=quantized)
     if quantized:
-        pipe.unet.to(pipe.device)
+        net.to(pipe.device)
     dtype = parse_dtype(kwargs.get("dtype")) or next(iter(state.values())).dtype
-    if pipe.unet.dtype != dtype:
-        pipe.unet.to(dtype=dtype)
+    if net.dtype != dtype:
+        net.to(dtype=dtype)
     return pipe
 
 

@@ -50,3 +50,28 @@ def require_unet(pipe: Any, what: str, alternatives: str = "") -> nn.Module:
             f"{type(net).__name__}{hint}"
         )
     return net
+
+
+def is_flow_matching(scheduler: Any) -> bool:
+    """True for a scheduler sampling a flow-matching (velocity) model: FlowMatch* classes and the
+    flow variants of DPM-Solver++ and UniPC (`use_flow_sigmas`)."""
+    cfg = scheduler.config
+    return (
+        type(scheduler).__name__.startswith("FlowMatch")
+        or cfg.get("prediction_type") == "flow_prediction"
+        or bool(cfg.get("use_flow_sigmas"))
+    )
+
+
+def flow_shift(scheduler: Any) -> float:
+    """The timestep shift of a flow-matching scheduler or its config (`shift` or `flow_shift`)."""
+    cfg = getattr(scheduler, "config", scheduler)
+    return float(cfg.get("shift", cfg.get("flow_shift", 1.0)))
+
+
+def prediction_type(pipe: Any) -> str:
+    """What the denoiser predicts: `flow` (velocity noise - x0), or the DDPM scheduler's type
+    (`epsilon`, `v_prediction`, `sample`)."""
+    if is_flow_matching(pipe.scheduler):
+        return "flow"
+    return str(pipe.scheduler.config.get("prediction_type", "epsilon"))

@@ -16,7 +16,14 @@ if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
 
 BUILTIN = ("miniature", "miniature-dit")
-SUPPORTED = ("StableDiffusionPipeline", "StableDiffusionXLPipeline", "StableDiffusion3Pipeline")
+SUPPORTED = (
+    "StableDiffusionPipeline",
+    "StableDiffusionXLPipeline",
+    "PixArtAlphaPipeline",
+    "PixArtSigmaPipeline",
+    "StableDiffusion3Pipeline",
+    "SanaPipeline",
+)
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 _DTYPES = ("float32", "float16", "bfloat16")
 
@@ -79,10 +86,8 @@ def weights_digest(model: str) -> str | None:
 def load_pipeline(
     model: str, *, device: str = "cpu", dtype: str | torch.dtype | None = None, **kwargs: Any
 ) -> DiffusionPipeline:
-    """Load a Stable Diffusion (1.x/2.x), SDXL or SD3 pipeline, ready on `device`."""
+    """Load a Stable Diffusion (1.x/2.x), SDXL, PixArt, SD3 or Sana pipeline, ready on `device`."""
     from diffusers import DiffusionPipeline
-
-    from compress.models.denoiser import ATTRS
 
     source = resolve(model)
     local = Path(source).is_dir()
@@ -99,7 +104,9 @@ def load_pipeline(
             else f"download it first (`hf download {source} --local-dir DIR`) and pass --model DIR"
         )
         raise CompressError(f"could not load {model!r}: {exc}; {hint}") from exc
-    if type(pipe).__name__ not in SUPPORTED or all(getattr(pipe, a, None) is None for a in ATTRS):
+    if type(pipe).__name__ not in SUPPORTED or not any(
+        getattr(pipe, a, None) is not None for a in ("unet", "transformer")
+    ):
         raise CompressError(
             f"{model!r} is a {type(pipe).__name__}; supported pipelines: {', '.join(SUPPORTED)}"
         )

@@ -27,10 +27,24 @@ def _hover(r: TrialRecord) -> str:
     return f"trial {r.number} ({r.state})<br>{knobs}"
 
 
+def _errors(records: list[TrialRecord]) -> dict[str, Any]:
+    """Horizontal error bars: each speed-up's 95% bootstrap interval."""
+    ci = [r.speedup_ci or [r.speedup, r.speedup] for r in records]
+    return {
+        "type": "data",
+        "symmetric": False,
+        "array": [hi - r.speedup for r, (_, hi) in zip(records, ci, strict=True)],
+        "arrayminus": [r.speedup - lo for r, (lo, _) in zip(records, ci, strict=True)],
+        "thickness": 1,
+        "width": 2,
+    }
+
+
 def _trace(go: Any, records: list[TrialRecord], name: str, **style: Any) -> Any:
     return go.Scatter(
-        x=[r.latency_ms for r in records],
+        x=[r.speedup for r in records],
         y=[r.quality for r in records],
+        error_x=_errors(records),
         mode="markers",
         name=f"{name} ({len(records)})",
         customdata=[r.number for r in records],
@@ -47,21 +61,27 @@ def scatter(
     metric: str,
     limits: dict[str, float | None],
 ) -> go.Figure:
-    """Every scored trial; the front joined by a staircase; the uncompressed baseline starred."""
+    """Every scored trial (paired speed-up with its interval, quality); the front joined by a
+    staircase; the uncompressed baseline starred at 1x."""
     import plotly.graph_objects as go
 
     on_front = {r.number for r in front}
     scored = [r for r in records if r.point is not None and r.duplicate_of is None]
-    full = [r for r in scored if r.state == "complete" and r.feasible and r.number not in on_front]
-    stopped = [r for r in scored if r.state == "stopped"]
+    full = [
+        r
+        for r in scored
+        if r.state == "complete" and r.feasible and r.faster and r.number not in on_front
+    ]
+    stopped = [r for r in scored if r.state == "stopped" and r.faster]
     infeasible = [r for r in scored if r.state == "complete" and not r.feasible]
+    slower = [r for r in scored if not r.faster]
     fig = go.Figure()
     fig.add_trace(_trace(go, full, "fully evaluated", marker={"color": "#4c78a8", "size": 8}))
     fig.add_trace(
         _trace(
             go,
             stopped,
-            "stopped at stage 1 (prompt subset)",
+            "stopped early (a rung or the prompt subset)",
             marker={"color": "#9d9d9d", "size": 7, "symbol": "circle-open"},
         )
     )
@@ -74,11 +94,20 @@ def scatter(
         )
     )
     fig.add_trace(
+        _trace(
+            go,
+            slower,
+            "no faster than the baseline (interval reaches 1)",
+            marker={"color": "#b279a2", "size": 7, "symbol": "triangle-down-open"},
+        )
+    )
+    fig.add_trace(
         go.Scatter(
-            x=[r.latency_ms for r in front],
+            x=[r.speedup for r in front],
             y=[r.quality for r in front],
             mode="lines+markers",
-            line={"shape": "hv", "color": "#e45756"},
+            error_x=_errors(front),
+            line={"shape": "vh", "color": "#e45756"},
             name=f"Pareto front ({len(front)})",
             marker={"size": 12, "symbol": "diamond"},
             customdata=[r.number for r in front],
@@ -89,7 +118,7 @@ def scatter(
     if baseline:
         fig.add_trace(
             go.Scatter(
-                x=[baseline["latency_ms"]],
+                x=[1.0],
                 y=[baseline["quality"]],
                 mode="markers",
                 name="uncompressed baseline",
@@ -97,12 +126,11 @@ def scatter(
                 hoverinfo="name+x+y",
             )
         )
-    if limits.get("max_latency") is not None:
-        fig.add_vline(x=limits["max_latency"], line_dash="dot", annotation_text="max latency")
     if limits.get("min_quality") is not None:
         fig.add_hline(y=limits["min_quality"], line_dash="dot", annotation_text="min quality")
     fig.update_layout(
-        xaxis_title="latency (ms, median of timed runs)",
+        xaxis_title="speed-up over the uncompressed model (paired, 95% interval)",
+        xaxis_type="log",
         yaxis_title=f"quality ({metric})",
         height=520,
         margin={"l": 60, "r": 20, "t": 30, "b": 50},
@@ -112,22 +140,27 @@ def scatter(
     return fig
 
 
-def components(front: list[TrialRecord], baseline: dict[str, Any]) -> go.Figure | None:
-    """Stacked per-component latency (text encoder, denoiser, VAE decode, other)."""
+def components(front: list[TrialRecord]) -> go.Figure | None:
+    """Stacked per-component latency of each front recipe as a share of the uncompressed
+    model's time in the same paired rounds (1.0 = the baseline's whole run)."""
     import plotly.graph_objects as go
 
-    rows = [("baseline", baseline.get("components_ms") or {})] if baseline else []
-    rows += [(r.recipe or f"trial {r.number}", r.components_ms) for r in front]
-    rows = [(name, c) for name, c in rows if c]
+    rows = []
+    for r in front:
+        total = sum(r.reference_components_ms.values())
+        if r.components_ms and total > 0:
+            rows.append((r.recipe or f"trial {r.number}", r.components_ms, total))
     if not rows:
         return None
-    parts = list(dict.fromkeys(k for _, c in rows for k in c))
+    first = front[0].reference_components_ms
+    rows.insert(0, ("baseline", first, sum(first.values())))
+    parts = list(dict.fromkeys(k for _, c, _ in rows for k in c))
     fig = go.Figure(
         [
             go.Bar(
                 name=p,
-                y=[name for name, _ in rows],
-                x=[c.get(p, 0.0) for _, c in rows],
+                y=[name for name, _, _ in rows],
+                x=[c.get(p, 0.0) / total for _, c, total in rows],
                 orientation="h",
             )
             for p in parts
@@ -135,7 +168,7 @@ def components(front: list[TrialRecord], baseline: dict[str, Any]) -> go.Figure 
     )
     fig.update_layout(
         barmode="stack",
-        xaxis_title="latency (ms)",
+        xaxis_title="share of the uncompressed model's time (paired rounds)",
         template="plotly_white",
         height=120 + 40 * len(rows),
         margin={"l": 160, "r": 20, "t": 20, "b": 40},

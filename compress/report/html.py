@@ -89,7 +89,7 @@ def _page(
         "<h2>Latency and quality</h2><p class='dim'>Click a front point to jump to its recipe.</p>"
     )
     parts.append(_plot(scatter(records, front, baseline, metric, limits), "scatter", True, True))
-    comp = components(front, baseline)
+    comp = components(front)
     if comp is not None:
         parts.append("<h2>Where the time goes</h2>" + _plot(comp, "components", False))
     prompts = baseline.get("prompts", [])
@@ -106,7 +106,7 @@ def _page(
 
 
 def _overview(cfg: dict[str, Any], s: dict[str, Any], metric: str, scores: dict) -> str:
-    st, states = s["staged"], s["states"]
+    states, es = s["states"], s.get("early_stopping", {})
     settings = ", ".join(f"{k}={v}" for k, v in scores.get("settings", {}).items())
     overhead = s.get("ray_overhead_s_per_trial")
     rows = [
@@ -115,38 +115,55 @@ def _overview(cfg: dict[str, Any], s: dict[str, Any], metric: str, scores: dict)
         ("quality metric", metric),
         ("measured with", settings or "–"),
         (
+            "latency",
+            "paired: each candidate timed in alternating rounds with the uncompressed model in "
+            "its own worker; speed-up = median per-round ratio, with its 95% bootstrap interval",
+        ),
+        (
             "sampler",
             f"{cfg['sampler']} (Optuna, via Ray Tune), {cfg['trials']} trials, "
             f"{cfg['max_concurrent']} at a time",
         ),
         (
             "trials",
-            f"{states['complete']} fully evaluated, {states['stopped']} stopped at stage "
-            f"1, {states['failed']} failed, {states.get('interrupted', 0)} interrupted; "
-            f"{s['infeasible']} infeasible",
+            f"{states['complete']} fully evaluated, {states['stopped']} stopped early, "
+            f"{states['failed']} failed, {states.get('interrupted', 0)} interrupted; "
+            f"{s['infeasible']} infeasible; {s.get('no_faster_than_baseline', 0)} no faster "
+            "than the baseline",
         ),
         (
-            "staged evaluation",
-            f"{st['evaluations_saved']} full evaluations saved, about "
-            f"{st['time_saved_s']:.1f} s ({st['net_time_saved_s']:.1f} s net "
-            f"of stage 1 on survivors)",
+            "prefix cache",
+            f"{s.get('cache_hits', 0)} hits, {s.get('cache_misses', 0)} misses; training "
+            f"{s.get('training_seconds_spent', 0):.0f} s spent, "
+            f"{s.get('training_seconds_saved', 0):.0f} s saved by reuse",
+        ),
+        (
+            "early stopping",
+            f"{es.get('stopped', 0)} stopped ({es.get('stopped_while_training', 0)} part-way "
+            f"through their training), about {es.get('training_seconds_saved', 0):.0f} s of "
+            "training saved",
         ),
         (
             "hypervolume",
-            f"{_fmt(s['hypervolume'])} (reference: latency, quality = "
+            f"{_fmt(s['hypervolume'])} (relative latency x quality; reference: "
             f"{', '.join(_fmt(v) for v in s['hypervolume_reference'] or [])})",
         ),
-        ("front faster than baseline", str(s["faster_than_baseline"])),
         ("Ray overhead per trial", "–" if overhead is None else f"{overhead:.2f} s"),
     ]
     cells = "".join(f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>" for k, v in rows)
     return f"<table>{cells}</table>"
 
 
+def _speed(r: TrialRecord) -> str:
+    if r.speedup is None:
+        return "–"
+    low, high = r.speedup_ci or [r.speedup, r.speedup]
+    return f"{r.speedup:.2f}x [{low:.2f}, {high:.2f}]"
+
+
 def _card(
     run: Path, r: TrialRecord, baseline: dict[str, Any], prompts: list[str], base_images: list[Path]
 ) -> str:
-    speedup = baseline["latency_ms"] / r.latency_ms if baseline and r.latency_ms else None
     warn = _not_faster(r)
     rows = "".join(
         f"<tr><td>{_esc(t.get('kind'))}</td><td>"
@@ -166,8 +183,8 @@ def _card(
     return (
         f"<div class='card' id='trial-{r.number:04d}'><h3>{_esc(r.recipe)} "
         f"<span class='dim'>trial {r.number}</span></h3>"
-        f"<p>latency <b>{r.latency_ms:.2f} ms</b>"
-        f"{f' ({speedup:.2f}x faster than baseline)' if speedup else ''}"
+        f"<p>speed-up <b>{_speed(r)}</b> (95% interval; {r.latency_ms:.2f} ms against the "
+        f"baseline's {r.reference_latency_ms:.2f} ms in the same rounds)"
         f"{f' <b class=warn>{warn}</b>' if warn else ''}, quality "
         f"<b>{r.quality:.4f}</b>; recipe file <code>recipes/{_esc(data.get('name', r.recipe))}"
         f".yaml</code> (apply with <code>compress apply</code>)</p>"
@@ -181,20 +198,40 @@ def _not_faster(r: TrialRecord) -> str:
     from compress.transforms.quantize import NOT_FASTER
 
     if NOT_FASTER in r.scores.get("flags", []):
-        return "quantized, but no faster than its unquantized parent"
+        ci = r.parent_speedup_ci or []
+        interval = f" ({r.parent_speedup:.2f}x [{ci[0]:.2f}, {ci[1]:.2f}])" if ci else ""
+        return f"quantized, but no faster than its unquantized parent{interval}"
     return ""
+
+
+def _stopped(r: TrialRecord) -> str:
+    if r.state != "stopped" or not r.stopped_at:
+        return ""
+    fraction = r.stopped_at.get("training_fraction")
+    training = f", {fraction:g} of training" if fraction is not None else ""
+    return f"{r.stopped_at.get('prompts')} prompts{training}"
 
 
 def _trials_table(records: list[TrialRecord], front: set[int]) -> str:
     knobs = list(dict.fromkeys(k for r in records for k in r.params))
     head = "".join(
         f"<th>{_esc(h)}</th>"
-        for h in ["#", "state", "front", "latency ms", "quality", *knobs, "error"]
+        for h in [
+            "#",
+            "state",
+            "front",
+            "speed-up [95% CI]",
+            "quality",
+            "stopped at",
+            *knobs,
+            "note",
+        ]
     )
     rows = []
     for r in records:
         note = (
             r.error
+            or ("no faster than the baseline" if r.point is not None and not r.faster else "")
             or _not_faster(r)
             or (
                 f"same knobs as trial {r.duplicate_of}"
@@ -208,8 +245,9 @@ def _trials_table(records: list[TrialRecord], front: set[int]) -> str:
             r.number,
             r.state,
             "★" if r.number in front else "",
-            _fmt(r.latency_ms),
+            _speed(r),
             _fmt(r.quality),
+            _stopped(r),
             *[r.params.get(k, "") for k in knobs],
             note,
         ]

@@ -28,19 +28,20 @@ def reference_images(run: Path) -> list[str]:
 def evaluate_baseline(
     run: str, model: str, settings: dict[str, Any], dtype: str | None, options: dict[str, Any]
 ) -> dict:
-    """Evaluate the model as loaded (its own scheduler and call defaults); save images."""
+    """Score the model as loaded (its own scheduler and call defaults) and save its images.
+    Untimed: every trial times its candidate against this model itself, paired."""
     import ray
 
     from compress._quiet import import_heavy
     from compress.evaluate import EvalSettings, evaluate
     from compress.evaluate import reference_images as make_references
-    from compress.models.loading import load_pipeline
+    from compress.models.artifact import load_model
     from compress.search.staging import check_finite, metric_for
     from compress.search.trial import save_images
 
     import_heavy()
     t0 = time.perf_counter()
-    pipe = load_pipeline(model, device=settings.get("device", "cpu"), dtype=dtype)
+    pipe = load_model(model, device=settings.get("device", "cpu"), dtype=dtype)
     es = EvalSettings(**settings)
     metric = metric_for(es, options)
     # A metric that compares with the uncompressed model (fidelity) compares it with itself here.
@@ -49,14 +50,12 @@ def evaluate_baseline(
         if getattr(metric, "needs_reference", False)
         else None
     )
-    score = evaluate(pipe, es, reference_images=refs, metric=metric)
+    score = evaluate(pipe, es, reference_images=refs, metric=metric, timed=False)
     check_finite(score, "the uncompressed model")
     save_images(score.images, baseline_dir(Path(run)) / "images")
     data = {
-        "latency_ms": score.latency_ms,
         "quality": score.quality,
         "scores": score.to_recipe_scores().model_dump(mode="json"),
-        "components_ms": dict(score.components_ms),
         "prompts": list(score.prompts),
         "node": ray.get_runtime_context().get_node_id(),
         "seconds": time.perf_counter() - t0,

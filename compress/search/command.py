@@ -37,7 +37,8 @@ def search_command(
     report = write_report(cfg.run)
     _print_summary(console, summary, cfg.run, report, time.perf_counter() - t0)
     states = summary["states"]
-    if states["complete"] + states["stopped"] + states["failed"] < cfg.trials:
+    finished = states["complete"] + states["stopped"] + states["failed"]
+    if finished < cfg.trials and cfg.time_budget is None:
         console.print(
             f"[yellow]the search stopped early[/yellow]; continue it with: "
             f"compress search --resume {cfg.out}"
@@ -51,31 +52,70 @@ def _print_summary(
     from rich.table import Table
 
     base = s["baseline"]
-    table = Table("recipe", "latency ms", "speed-up", "quality", title="Pareto front")
+    table = Table(
+        "recipe", "speed-up [95% CI]", "quality", "transforms", title="Pareto front (paired)"
+    )
     for p in s["front"]:
+        low, high = p["speedup_ci"]
         table.add_row(
             p["recipe"],
-            f"{p['latency_ms']:.1f}",
-            f"{base['latency_ms'] / p['latency_ms']:.2f}x",
+            f"{p['speedup']:.2f}x [{low:.2f}, {high:.2f}]",
             f"{p['quality']:.4f}",
+            " + ".join(p["transforms"]),
         )
-    table.add_row(
-        "[dim]uncompressed baseline[/dim]",
-        f"{base['latency_ms']:.1f}",
-        "1.00x",
-        f"{base['quality']:.4f}",
-    )
+    table.add_row("[dim]uncompressed baseline[/dim]", "1.00x", f"{base['quality']:.4f}", "")
     console.print(table)
-    st, states = s["staged"], s["states"]
+    states, es = s["states"], s["early_stopping"]
     console.print(
         f"{s['trials']} trials: {states['complete']} fully evaluated, {states['stopped']} "
-        f"stopped at stage 1, {states['failed']} failed, {s['infeasible']} infeasible; "
-        f"hypervolume {s['hypervolume']:.4g}"
+        f"stopped early, {states['failed']} failed, {s['infeasible']} infeasible, "
+        f"{s['no_faster_than_baseline']} no faster than the baseline; hypervolume "
+        f"{s['hypervolume']:.4g}"
     )
-    if st["evaluations_saved"]:
-        console.print(
-            f"staged evaluation saved {st['evaluations_saved']} full evaluations, about "
-            f"{st['time_saved_s']:.1f} s ({st['net_time_saved_s']:.1f} s net of stage 1)"
-        )
+    console.print(
+        f"prefix cache: {s['cache_hits']} hits, {s['cache_misses']} misses; training "
+        f"{s['training_seconds_spent']:.0f} s spent, {s['training_seconds_saved']:.0f} s saved "
+        f"by reuse, about {es['training_seconds_saved']:.0f} s by early stopping"
+    )
     console.print(f"recipes in {run / 'recipes'}, trials in {run / 'trials.csv'}")
     console.print(f"[green]report[/green] {report}  ({seconds:.0f} s)")
+
+
+def list_spaces_command(console: Any) -> None:
+    """One line per shipped search space: its name and description."""
+    from compress import shipped
+    from compress.search.space import load_space
+
+    for name in shipped.space_names():
+        sp = load_space(name)
+        console.print(f"{name}  [dim]{sp.spec.description}[/dim]", highlight=False)
+
+
+def dry_run_command(console: Any, space: str, samples: int = 3) -> None:
+    """Validate a space against the transform registry without loading a model; print its size,
+    the stages its transforms use and a few sample recipes."""
+    import optuna
+
+    from compress.search.space import load_space
+    from compress.transforms.base import registry
+
+    sp = load_space(space)  # validates every knob and transform against the registry
+    specs = registry()
+    kinds = list(
+        dict.fromkeys(
+            [*sp.spec.transforms, *(k.sets.split(".")[0] for k in sp.spec.knobs.values() if k.sets)]
+        )
+    )
+    by_stage: dict[str, list[str]] = {}
+    for kind in sorted(kinds, key=lambda k: specs[k].stage):
+        by_stage.setdefault(specs[kind].stage.name, []).append(kind)
+    console.print(f"[green]valid[/green] {sp.source}: {sp.spec.description}", highlight=False)
+    console.print(f"candidates: {sp.size_hint()}; knobs: {', '.join(sp.spec.knobs)}")
+    for stage, names in by_stage.items():
+        console.print(f"  {stage}: {', '.join(names)}")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for i in range(samples):
+        recipe = sp.suggest(study.ask(), name=f"{sp.name}-sample{i}")
+        console.print(f"[bold]sample {i}[/bold]", highlight=False)
+        console.print(recipe.to_yaml().rstrip(), highlight=False, markup=False)

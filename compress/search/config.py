@@ -29,6 +29,8 @@ _FIXED_ON_RESUME = (
     "baseline",
     "metric_weights",
     "metric_prompts",
+    "data",
+    "prompts",
 )
 
 
@@ -58,6 +60,14 @@ class SearchConfig(BaseModel):
     baseline: dict[str, Any] = Field(default_factory=dict)  # ...overridden for the baseline
     metric_weights: str | None = None  # the metric's checkpoint (file, folder or hub id)
     metric_prompts: str | None = None  # the metric's prompt file or folder
+    time_budget: float | None = Field(None, gt=0)  # seconds; then no new trial starts
+    cache: str | None = None  # prefix cache folder (default RUN/cache)
+    data: str | None = None  # training images with captions, for every trial
+    prompts: str | None = None  # prompts file the teacher draws training images from
+
+    @property
+    def cache_dir(self) -> Path:
+        return Path(self.cache) if self.cache else self.run / "cache"
 
     @property
     def metric_options(self) -> dict[str, Any]:
@@ -82,6 +92,23 @@ class SearchConfig(BaseModel):
 
     def baseline_settings(self) -> dict[str, Any]:
         return {**self.eval_settings(), **self.baseline}
+
+
+def parse_duration(text: str | float | None) -> float | None:
+    """Seconds from "90", "90s", "12m", "8h" or "1h30m"; None stays None."""
+    if text is None or isinstance(text, int | float):
+        return None if text is None else float(text)
+    import re
+
+    parts = re.fullmatch(
+        r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*", text
+    )
+    if not text.strip() or parts is None or not any(parts.groups()):
+        raise CompressError(
+            f"time budget {text!r} is not a duration; write e.g. 90s, 12m, 8h or 1h30m"
+        )
+    h, m, sec = (float(g) if g else 0.0 for g in parts.groups())
+    return h * 3600 + m * 60 + sec
 
 
 def default_out(space: str) -> str:
@@ -113,8 +140,11 @@ def resolve_config(space: str | None = None, **given: Any) -> tuple[SearchConfig
         "device": "cuda" if gpus else "cpu",
         "evaluation": {k: v for k, v in sp.spec.evaluation.items() if k != "metric"},
         "baseline": dict(sp.spec.baseline),
+        "time_budget": parse_duration(d.time_budget),
         **opts,
     }
+    if "time_budget" in opts:
+        values["time_budget"] = parse_duration(opts["time_budget"])
     values.setdefault("out", default_out(sp.source))
     return _validate(values), sp
 

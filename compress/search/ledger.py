@@ -5,6 +5,7 @@ Layout of RUN/:
   space.yaml           the search space as it was used
   baseline/            the uncompressed model's scores and images
   trials/NNNN/         config.json, recipe.yaml, images/, log.txt, trial.json (the ledger entry)
+  cache/               the prefix cache (trained structure + training prefixes), unless --cache
   trials.csv           every trial in one table
   recipes/             the Pareto front as recipes
   summary.json         front, hypervolume, staged-evaluation savings, Ray overhead
@@ -36,34 +37,76 @@ class TrialRecord(BaseModel):
 
     number: int
     state: State
-    stage: int = 0  # the last evaluation stage reached (1: prompt subset, 2: full set)
+    stage: int = 0  # the last evaluation stage reached (1: stage prompts, 2: full set)
     params: dict[str, Any] = Field(default_factory=dict)
     recipe: str | None = None  # recipe name
     transforms: list[dict[str, Any]] = Field(default_factory=list)
+    # Paired timing in the trial's own worker: the candidate's median (absolute, ms), the
+    # uncompressed baseline's in the same rounds, and the speed-up (median per-round ratio) with
+    # its 95% bootstrap interval; the parent's for a quantized candidate.
     latency_ms: float | None = None
+    reference_latency_ms: float | None = None
+    speedup: float | None = None
+    speedup_ci: list[float] | None = None
+    parent_speedup: float | None = None
+    parent_speedup_ci: list[float] | None = None
     quality: float | None = None
     scores: dict[str, Any] = Field(default_factory=dict)  # compress.recipe.Scores of the last stage
     components_ms: dict[str, float] = Field(default_factory=dict)  # per-component latency
-    stage1_point: tuple[float, float] | None = None  # (latency, quality) on the prompt subset
-    training: bool = False  # has training transforms (stage 1 ran without them)
+    reference_components_ms: dict[str, float] = Field(default_factory=dict)  # the baseline's
+    # Each rung the trial was scored at on the stage prompts: training_fraction (None: trains
+    # nothing), prompts, relative_latency, quality.
+    rungs: list[dict[str, Any]] = Field(default_factory=list)
+    stopped_at: dict[str, Any] | None = None  # {prompts, training_fraction} of its last score
+    training: bool = False  # has training transforms
+    cache: dict[str, Any] = Field(default_factory=dict)  # prefix-cache hits and misses
     constraints: dict[str, float] = Field(default_factory=dict)  # name -> value; > 0 violated
     error: str | None = None
     duplicate_of: int | None = None  # same knobs as this earlier trial; its scores were reused
     node: str | None = None
     ray_trial_id: str | None = None
-    times: dict[str, float] = Field(default_factory=dict)  # seconds: stage1, stage2, trial, wall
+    times: dict[str, float] = Field(default_factory=dict)  # seconds: build, timing, trial, wall
 
     @property
     def feasible(self) -> bool:
         return not any(v > 0 for v in self.constraints.values())
 
     @property
+    def faster(self) -> bool:
+        """True when the whole speed-up interval lies above 1: really faster than the baseline."""
+        return self.speedup_ci is not None and self.speedup_ci[0] > 1.0
+
+    @property
     def point(self) -> tuple[float, float] | None:
-        if self.latency_ms is None or self.quality is None:
+        """(relative latency = 1 / paired speed-up, quality): the two objectives."""
+        if not self.speedup or self.quality is None:
             return None
-        if not (math.isfinite(self.latency_ms) and math.isfinite(self.quality)):
+        if not (math.isfinite(self.speedup) and math.isfinite(self.quality)):
             return None
-        return (self.latency_ms, self.quality)
+        return (1.0 / self.speedup, self.quality)
+
+    def last_result(self) -> dict[str, Any]:
+        """This trial's final result as a trial reports it (to serve a repeated point)."""
+        low, high = self.speedup_ci or [None, None]
+        return {
+            "stage": self.stage,
+            "training_fraction": (self.stopped_at or {}).get("training_fraction"),
+            "prompts": (self.stopped_at or {}).get("prompts"),
+            "relative_latency": 1.0 / self.speedup if self.speedup else None,
+            "quality": self.quality,
+            "latency_ms": self.latency_ms,
+            "reference_latency_ms": self.reference_latency_ms,
+            "speedup": self.speedup,
+            "speedup_low": low,
+            "speedup_high": high,
+            "parent_speedup": self.parent_speedup,
+            "parent_speedup_ci": self.parent_speedup_ci,
+            "scores": self.scores,
+            "components_ms": self.components_ms,
+            "reference_components_ms": self.reference_components_ms,
+            "rungs": [],  # scored nothing itself
+            "training": self.training,
+        }
 
 
 def trial_dir(run: Path, number: int) -> Path:
@@ -121,11 +164,13 @@ def write_csv(run: Path, records: list[TrialRecord], front: set[int]) -> None:
         "stage",
         "pareto",
         "feasible",
+        "speedup",
+        "speedup_low",
+        "speedup_high",
         "latency_ms",
         "quality",
+        "stopped_at_fraction",
         *knobs,
-        "stage1_s",
-        "stage2_s",
         "wall_s",
         "node",
         "error",
@@ -141,11 +186,12 @@ def write_csv(run: Path, records: list[TrialRecord], front: set[int]) -> None:
                 r.stage,
                 r.number in front,
                 r.feasible,
+                r.speedup,
+                *(r.speedup_ci or [None, None]),
                 r.latency_ms,
                 r.quality,
+                (r.stopped_at or {}).get("training_fraction"),
                 *[r.params.get(k, "") for k in knobs],
-                r.times.get("stage1"),
-                r.times.get("stage2"),
                 r.times.get("wall"),
                 r.node,
                 (r.error or "").splitlines()[0] if r.error else "",

@@ -18,7 +18,7 @@ _STYLE = {"complete": "green", "stopped": "yellow", "failed": "red"}
 
 class ProgressCallback(Callback):
     def __init__(
-        self, console: Any, total: int, done: list[TrialRecord], baseline: tuple[float, float]
+        self, console: Any, total: int, done: list[TrialRecord], baseline_quality: float
     ) -> None:
         from rich.progress import (
             BarColumn,
@@ -30,7 +30,7 @@ class ProgressCallback(Callback):
 
         self._console = console
         self._records = list(done)
-        self._baseline = baseline  # (latency, quality) of the uncompressed model
+        self._baseline = (1.0, baseline_quality)  # relative latency, quality of the uncompressed
         self._running = 0
         self._progress = Progress(
             TextColumn("[bold]search"),
@@ -50,16 +50,21 @@ class ProgressCallback(Callback):
         return {"_records": self._records, "_baseline": self._baseline, "_running": 0}
 
     def _status(self, running: int) -> str:
-        full = [r for r in self._records if r.state == "complete" and r.feasible and r.point]
+        full = [
+            r
+            for r in self._records
+            if r.state == "complete" and r.feasible and r.faster and r.point
+        ]
         front = [
             i for i in pareto_front([r.point for r in full] + [self._baseline]) if i < len(full)
         ]
-        faster = sum(1 for i in front if full[i].point[0] < self._baseline[0])
         stopped = sum(r.state == "stopped" for r in self._records)
         failed = sum(r.state == "failed" for r in self._records)
+        best = max((full[i].speedup for i in front), default=None)
+        fastest = f" (up to {best:.1f}x)" if best else ""
         return (
-            f"running {running} · front {len(front)} ({faster} faster than baseline) · "
-            f"stopped at stage 1 {stopped} · failed {failed}"
+            f"running {running} · front {len(front)}{fastest} · stopped early {stopped} · "
+            f"failed {failed}"
         )
 
     def setup(self, **info: Any) -> None:
@@ -74,11 +79,18 @@ class ProgressCallback(Callback):
         self._records.append(r)
         self._running = max(0, self._running - 1)
         knobs = " ".join(f"{k}={v}" for k, v in r.params.items())
-        if r.state == "failed":
+        if r.state in ("failed", "interrupted") or r.speedup is None:
             what = f"failed: {r.error}"
         else:
-            what = f"{r.latency_ms:.1f} ms, quality {r.quality:.4f}"
+            low, high = r.speedup_ci or (float("nan"), float("nan"))
+            what = f"{r.speedup:.2f}x [{low:.2f}, {high:.2f}], quality {r.quality:.4f}"
+            if r.state == "stopped" and r.stopped_at:
+                at = r.stopped_at.get("training_fraction")
+                what += f", stopped at {r.stopped_at.get('prompts')} prompts" + (
+                    f", {at:g} of its training" if at is not None else ""
+                )
             what += "" if r.feasible else " (infeasible)"
+            what += "" if r.faster else " (no faster than the baseline)"
         style = _STYLE.get(r.state, "white")
         self._console.print(
             f"[{style}]{r.state:>8}[/{style}] trial {r.number:4d}  {what}  [dim]{knobs}[/dim]",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import statistics
 from pathlib import Path
 from typing import Any
 
@@ -11,51 +10,103 @@ from compress.search.baseline import load_baseline
 from compress.search.ledger import TrialRecord, read_records, trial_dir, write_csv, write_json
 from compress.search.pareto import Point, hypervolume, pareto_front
 
+BASELINE_POINT = 1.0  # the uncompressed model's relative latency
+
 
 def front_records(
     records: list[TrialRecord], baseline: dict[str, Any] | None = None
 ) -> list[TrialRecord]:
-    """Feasible, fully evaluated trials on the Pareto front, fastest first; a candidate the
-    uncompressed baseline dominates (slower and no better) is no compression and stays off."""
-    full = [r for r in records if r.state == "complete" and r.feasible and r.point is not None]
+    """Feasible, fully evaluated trials on the Pareto front of (relative latency, quality),
+    fastest first. A candidate whose paired speed-up interval reaches 1 is no compression and
+    never on the front; nor is one the uncompressed baseline dominates."""
+    full = [
+        r
+        for r in records
+        if r.state == "complete" and r.feasible and r.faster and r.point is not None
+    ]
     points = [r.point for r in full]
     if baseline:
-        points.append((baseline["latency_ms"], baseline["quality"]))
+        points.append((BASELINE_POINT, baseline["quality"]))
     return [full[i] for i in pareto_front(points) if i < len(full)]
 
 
 def reference_point(records: list[TrialRecord], baseline: dict[str, Any]) -> Point:
-    """Hypervolume corner: the baseline's latency, and the lowest quality anyone scored."""
+    """Hypervolume corner: the baseline's relative latency (1) and the lowest quality scored."""
     qualities = [r.quality for r in records if r.point is not None] + [baseline["quality"]]
-    return (float(baseline["latency_ms"]), float(min(qualities)))
+    return (BASELINE_POINT, float(min(qualities)))
 
 
-def staged_savings(records: list[TrialRecord]) -> dict[str, Any]:
-    """Full evaluations skipped by stopping at stage 1, and the time that saved, estimated from
-    the survivors' measured stage-2 time. Survivors without training reuse their stage-1 latency
-    and images; those with training redo stage 1's work, which is charged against the saving."""
-    stopped = [r for r in records if r.state == "stopped"]
-    survivors = [r for r in records if r.state == "complete" and "stage2" in r.times]
-    stage2 = statistics.mean(r.times["stage2"] for r in survivors) if survivors else 0.0
-    extra = sum(r.times.get("stage1", 0.0) for r in survivors if r.training)
+def cache_use(records: list[TrialRecord]) -> dict[str, Any]:
+    """Prefix-cache hits and misses over all trials, and the training they saved or cost."""
+    hits = [h for r in records for h in r.cache.get("hits", [])]
+    misses = [m for r in records for m in r.cache.get("misses", [])]
     return {
-        "evaluations_saved": len(stopped),
-        "trials_evaluated": len([r for r in records if r.state in ("complete", "stopped")]),
-        "mean_full_evaluation_s": stage2,
-        "time_saved_s": len(stopped) * stage2,
-        "stage1_cost_of_survivors_s": extra,
-        "net_time_saved_s": len(stopped) * stage2 - extra,
+        "cache_hits": len(hits),
+        "cache_misses": len(misses),
+        "training_seconds_saved": sum(h["seconds"] for h in hits),
+        "training_seconds_spent": sum(m["seconds"] for m in misses),
     }
+
+
+def early_stopping(records: list[TrialRecord]) -> dict[str, Any]:
+    """Trials stopped before their full evaluation, and the training their stop saved,
+    estimated from each one's own measured seconds per training step."""
+    stopped = [r for r in records if r.state == "stopped"]
+    saved = 0.0
+    for r in stopped:
+        fraction = (r.stopped_at or {}).get("training_fraction")
+        trained = [m for m in r.cache.get("misses", []) if m.get("trained_steps")]
+        steps = _last_training_steps(r)
+        if fraction is None or fraction >= 1 or not trained or not steps:
+            continue
+        rate = sum(m["seconds"] for m in trained) / sum(m["trained_steps"] for m in trained)
+        saved += (steps - round(fraction * steps)) * rate
+    return {
+        "stopped": len(stopped),
+        "stopped_while_training": sum(
+            1 for r in stopped if (r.stopped_at or {}).get("training_fraction") not in (None, 1.0)
+        ),
+        "training_seconds_saved": saved,
+    }
+
+
+def _last_training_steps(r: TrialRecord) -> int | None:
+    from compress.transforms.base import Stage, registry
+
+    specs = registry()
+    training = [
+        t
+        for t in r.transforms
+        if t.get("kind") in specs and specs[t["kind"]].stage == Stage.training
+    ]
+    return training[-1].get("steps") if training else None
 
 
 def ray_overhead(records: list[TrialRecord]) -> float | None:
     """Mean seconds per trial between Tune starting it and its ledger entry, minus its own work."""
+    import statistics
+
     gaps = [
         r.times["wall"] - r.times["trial"]
         for r in records
         if r.state == "complete" and "wall" in r.times and "trial" in r.times
     ]
     return statistics.mean(gaps) if gaps else None
+
+
+def front_entry(r: TrialRecord) -> dict[str, Any]:
+    return {
+        "number": r.number,
+        "recipe": f"recipes/{r.recipe}.yaml",
+        "speedup": r.speedup,
+        "speedup_ci": r.speedup_ci,
+        "quality": r.quality,
+        "latency_ms": r.latency_ms,  # the candidate's own median in its worker
+        "reference_latency_ms": r.reference_latency_ms,  # the baseline's, in the same rounds
+        "transforms": [t.get("kind") for t in r.transforms],
+        "params": r.params,
+        "flags": r.scores.get("flags", []),  # e.g. quantized-but-not-faster
+    }
 
 
 def finalize(run: Path, reference: Point | None = None) -> dict[str, Any]:
@@ -83,24 +134,13 @@ def finalize(run: Path, reference: Point | None = None) -> dict[str, Any]:
             for s in ("complete", "stopped", "failed", "interrupted")
         },
         "infeasible": sum(1 for r in records if r.point is not None and not r.feasible),
+        "no_faster_than_baseline": sum(1 for r in records if r.point is not None and not r.faster),
         "baseline": baseline,
-        "front": [
-            {
-                "number": r.number,
-                "recipe": f"recipes/{r.recipe}.yaml",
-                "latency_ms": r.latency_ms,
-                "quality": r.quality,
-                "params": r.params,
-                "flags": r.scores.get("flags", []),  # e.g. quantized-but-not-faster
-            }
-            for r in front
-        ],
-        "faster_than_baseline": sum(
-            1 for r in front if baseline and r.latency_ms < baseline["latency_ms"]
-        ),
+        "front": [front_entry(r) for r in front],
         "hypervolume": hypervolume([r.point for r in front], ref) if ref else None,
         "hypervolume_reference": list(ref) if ref else None,
-        "staged": staged_savings(records),
+        **cache_use(records),
+        "early_stopping": early_stopping(records),
         "ray_overhead_s_per_trial": ray_overhead(records),
     }
     write_json(run / "summary.json", summary)

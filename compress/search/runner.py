@@ -104,6 +104,23 @@ def pin_model_weights(run: Path, model: str) -> None:
     write_json(path, {"model": model, "weights_sha256": digest})
 
 
+def check_data(data: str | None, prompts: str | None) -> None:
+    """The training data every trial will read: an image folder with captions, or a prompts
+    file; checked here so that a wrong path fails in seconds, not inside every trial."""
+    if data is not None:
+        from compress.train.data import read_image_folder
+
+        read_image_folder(Path(data))
+    if prompts is not None:
+        path = Path(prompts)
+        try:
+            lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+        except OSError as exc:
+            raise CompressError(f"--prompts {path} is not readable: {exc}") from None
+        if not lines:
+            raise CompressError(f"--prompts {path} holds no prompts (one per line)")
+
+
 def run_search(
     cfg: SearchConfig,
     space: SearchSpace,
@@ -133,6 +150,7 @@ def run_search(
         EvalSettings(**cfg.baseline_settings())
     except ValueError as exc:
         raise CompressError(f"invalid evaluation settings: {exc}") from None
+    check_data(cfg.data, cfg.prompts)  # unreadable training data fails before any trial
     run.mkdir(parents=True, exist_ok=True)
     pin_model_weights(run, cfg.model)  # before anything of a resumed run is rewritten
     save_config(cfg)
@@ -142,6 +160,7 @@ def run_search(
         )
     resources = trial_resources(cfg)
     times = {"start": time.time()}
+    deadline = time.time() + cfg.time_budget if cfg.time_budget else None
     t0 = time.perf_counter()
     with ray_session(cfg.ray_address, verbose):
         times["ray_init_s"] = time.perf_counter() - t0
@@ -168,6 +187,7 @@ def run_search(
                 console,
                 verbose,
                 points or [],
+                deadline,
             )
             times |= {
                 "tune_s": time.perf_counter() - t0,
@@ -205,27 +225,30 @@ def _tune(
     console: Any,
     verbose: bool,
     points: list[dict[str, Any]],
+    deadline: float | None,
 ) -> None:
     from ray import tune
-    from ray.tune.search import ConcurrencyLimiter
 
     from compress.search.baseline import reference_images
+    from compress.search.cache import data_identity
     from compress.search.progress import ProgressCallback
     from compress.search.study import define_by_run, make_sampler, prepopulated_storage
     from compress.search.trial import TrialJob, run_trial
     from compress.search.tuning import (
         METRICS,
         MODES,
+        BudgetLimiter,
         ConstrainedOptunaSearch,
         LedgerCallback,
         Limits,
-        StagedScheduler,
+        RungScheduler,
+        rung_points,
     )
 
     limits = Limits(cfg.max_latency, cfg.min_quality)
     sampler = make_sampler(cfg.sampler, cfg.trials, cfg.seed)
     storage, study_name = prepopulated_storage(space, records, sampler, limits)
-    search = ConcurrencyLimiter(
+    search = BudgetLimiter(
         ConstrainedOptunaSearch(
             define_by_run(space),
             metric=METRICS,
@@ -237,14 +260,15 @@ def _tune(
             limits=limits,
         ),
         max_concurrent=cfg.max_concurrent,
+        deadline=deadline,
     )
     st = space.spec.staged
-    full_prompts = cfg.eval_settings().get("num_prompts")
+    settings = cfg.eval_settings()
+    full_prompts = settings.get("num_prompts")
     staged = cfg.staged and st.enabled and (full_prompts is None or st.prompts < full_prompts)
-    stage_prompts = st.prompts if staged else None
     done = [r for r in records if r.state in FINISHED]
-    scheduler = StagedScheduler(
-        [r.stage1_point for r in done if r.state == "complete" and r.feasible and r.stage1_point],
+    scheduler = RungScheduler(
+        rung_points(done),
         limits,
         quality_margin=st.quality_margin,
         latency_tolerance=st.latency_tolerance,
@@ -255,23 +279,27 @@ def _tune(
         model=cfg.model,
         space=space.spec.model_dump(mode="json"),
         space_source=space.source,
-        settings=cfg.eval_settings(),
-        stage_prompts=stage_prompts,
+        settings=settings,
+        baseline_settings=cfg.baseline_settings(),
+        stage_prompts=st.prompts if staged else None,
+        rungs=list(st.rungs) if cfg.staged and st.enabled else [1.0],
+        rounds=max(2, int(settings.get("timed_runs", 5))),
         dtype=cfg.dtype,
         reference_images=reference_images(run) if cfg.metric == "fidelity" else [],
         metric_options=cfg.metric_options,
-        baseline_latency=(
-            (baseline["latency_ms"], baseline["scores"].get("latency_spread_ms") or 0.0)
-            if cfg.baseline_settings() == cfg.eval_settings()
-            else None
-        ),
+        cpus=cfg.cpus_per_trial,
+        gpus=cfg.gpus_per_trial,
+        max_concurrent=cfg.max_concurrent,
+        cache_dir=str(cfg.cache_dir.resolve()),
+        data=str(Path(cfg.data).resolve()) if cfg.data else None,
+        prompts_file=str(Path(cfg.prompts).resolve()) if cfg.prompts else None,
+        weights=read_json(run / MODEL_FILE).get("weights_sha256") or cfg.model,
+        data_identity=data_identity(cfg.data, cfg.prompts),
     )
     callbacks: list[Any] = []
     progress = None
     if console is not None:
-        progress = ProgressCallback(
-            console, cfg.trials, done, (baseline["latency_ms"], baseline["quality"])
-        )
+        progress = ProgressCallback(console, cfg.trials, done, baseline["quality"])
         callbacks.append(progress)
     callbacks.insert(0, LedgerCallback(run, limits, progress.record if progress else None))
     part = sum(1 for _ in (run / "ray").glob("part*")) if (run / "ray").is_dir() else 0

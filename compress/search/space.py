@@ -20,7 +20,6 @@ from compress.search.space_file import Knob, SpaceError, SpaceFile, TransformEnt
 if TYPE_CHECKING:
     from compress.recipe import Recipe
 
-SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -238,18 +237,19 @@ class SearchSpace:
 
 
 def resolve_space(space: str | Path) -> Path:
-    """A space file path, or a shipped space name like `miniature` (search_spaces/NAME.yaml)."""
+    """A space file path, or the name of a shipped space like `miniature` (package data)."""
+    from compress import shipped
+
     path = Path(space).expanduser()
     if path.is_file():
         return path
-    for folder in (Path.cwd() / "search_spaces", SPACES_DIR):
-        candidate = folder / f"{space}.yaml"
-        if candidate.is_file():
-            return candidate
-    shipped = sorted(p.stem for p in SPACES_DIR.glob("*.yaml")) if SPACES_DIR.is_dir() else []
+    found = shipped.find("space", str(space))
+    if found is not None:
+        return found
     raise SpaceError(
         f"search space {space!r} not found: give a YAML file or one of "
-        f"{', '.join(shipped) or 'the shipped names'}"
+        f"{', '.join(shipped.space_names()) or 'the shipped names'} "
+        "(`compress search --list-spaces`)"
     )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from compress.errors import CompressError
 
@@ -48,15 +48,29 @@ class SearchDefaults(_Strict):
     max_concurrent: int = Field(2, ge=1)
     cpus_per_trial: float = Field(1.0, gt=0)
     seed: int = 0
+    # Stop launching trials after this long (e.g. "12m", "8h"); running trials finish.
+    time_budget: str | None = None
 
 
 class Staged(_Strict):
-    """Staged evaluation: score on `prompts` first; stop what the front clearly dominates."""
+    """Staged evaluation: score on `prompts` first; stop what the front clearly dominates.
+
+    A candidate that trains is scored at each of `rungs` (fractions of its training budget)
+    before the full prompt set, and compared only with others at the same rung.
+    """
 
     enabled: bool = True
     prompts: int = Field(4, ge=1)
+    rungs: list[float] = Field(default_factory=lambda: [0.25, 0.5, 1.0], min_length=1)
     quality_margin: float = Field(0.0, ge=0)  # a front point must be this much better in quality
     latency_tolerance: float = Field(0.05, ge=0)  # ...and at most this fraction slower
+
+    @field_validator("rungs")
+    @classmethod
+    def _fractions(cls, value: list[float]) -> list[float]:
+        if any(not 0 < f <= 1 for f in value):
+            raise ValueError(f"rungs are fractions of the training budget in (0, 1], got {value}")
+        return sorted(set(value) | {1.0})
 
 
 class SensitivityFilter(_Strict):

@@ -93,7 +93,7 @@ def prepopulated_storage(
                 params=fixed.params,
                 distributions=fixed.distributions,
                 values=list(r.point),
-                constraints=limits.violations(*r.point) or None,
+                constraints=limits.violations(r.latency_ms, r.quality) or None,
             )
         )
     return storage, STUDY

@@ -1,8 +1,11 @@
-"""One search trial on a Ray worker: build the recipe, apply it, evaluate in stages, keep it all.
+"""One search trial on a Ray worker: build the candidate, time it paired, score it in rungs.
 
-Stage 1 scores the candidate on a small prompt subset (without recovery training) and reports
-it; the driver's scheduler stops the trial there when the current front clearly dominates it.
-Survivors pay for training transforms and the full prompt set (stage 2).
+A trial pins itself to cores of its own, builds its candidate (structure and training from the
+prefix cache, then numeric and runtime transforms), times it against the uncompressed baseline
+in alternating rounds, and reports its quality at each rung: for a candidate that trains, after
+each fraction of its training budget (resuming from the checkpoint of the last rung), on the
+stage prompts; the last rung then goes on to the full prompt set. The driver's scheduler stops
+it at any rung where the front of that rung clearly dominates it.
 """
 
 from __future__ import annotations
@@ -16,11 +19,10 @@ from typing import TYPE_CHECKING, Any
 
 from compress.recipe import write_atomic
 from compress.search.ledger import TrialRecord, read_records, trial_dir, write_json
-from compress.search.speed import flag_scores, parent_latency
 from compress.search.staging import TrialFailed, evaluate_stage, extend
 
 if TYPE_CHECKING:
-    from compress.evaluate import Score
+    from compress.evaluate.paired import PairedTiming
     from compress.recipe import Recipe, Scores
 
 RESERVED = ("number", "invalid")  # config keys that are not knobs
@@ -36,12 +38,21 @@ class TrialJob:
     space: dict[str, Any]  # the validated SpaceFile, re-validated on the worker
     space_source: str
     settings: dict[str, Any]  # EvalSettings fields for the full evaluation
-    stage_prompts: int | None  # None: a single, full evaluation
+    baseline_settings: dict[str, Any]  # ...and for the uncompressed reference (its usual call)
+    stage_prompts: int | None  # None: every evaluation on the full prompt set
+    rungs: list[float] = field(default_factory=lambda: [1.0])  # training fractions to score at
+    rounds: int = 8  # paired timing rounds
     dtype: str | None = None
     reference_images: list[str] = field(default_factory=list)  # baseline images (fidelity)
     metric_options: dict[str, Any] = field(default_factory=dict)  # weights, prompts
-    # (median, spread) ms of the uncompressed baseline when measured with `settings` exactly
-    baseline_latency: tuple[float, float] | None = None
+    cpus: float = 1.0
+    gpus: float = 0.0
+    max_concurrent: int = 1
+    cache_dir: str | None = None  # the prefix cache; None: no reuse between trials
+    data: str | None = None  # training images with captions (RunContext.data)
+    prompts_file: str | None = None  # prompts the teacher draws (RunContext.prompts)
+    weights: str = ""  # the model's weights digest (cache keys)
+    data_identity: dict[str, Any] = field(default_factory=dict)
 
 
 def _logger(path: Path) -> logging.Logger:
@@ -69,10 +80,19 @@ def save_images(images: list[Any], folder: Path, prefix: str = "") -> list[str]:
     return names
 
 
+def shares_node(job: TrialJob) -> bool:
+    """True when this node's trials cannot each keep to cores (or a GPU) of their own."""
+    import os
+
+    return job.cpus * job.max_concurrent > len(os.sched_getaffinity(0)) or 0 < job.gpus < 1
+
+
 def run_trial(config: dict[str, Any], job: TrialJob) -> None:
-    """The Ray Tune trainable: reports stage 1 then stage 2 metrics; raises on failure."""
+    """The Ray Tune trainable: reports each rung, then the full evaluation; raises on failure."""
     import ray
     from ray import tune
+
+    from compress.search.isolation import pinned
 
     number = int(config["number"])
     params = {k: v for k, v in config.items() if k not in RESERVED}
@@ -84,16 +104,13 @@ def run_trial(config: dict[str, Any], job: TrialJob) -> None:
     log.info("trial %d on node %s: %s", number, node, params)
     start = time.perf_counter()
     try:
-        # Times and stage-1 scores are carried on, so the last result holds them all.
-        times: dict[str, float] = {}
-        for result in _stages(config, params, number, job, folder, log):
-            times.update(
-                {k: v for k, v in result.items() if k.endswith("_s") or k[:7] == "stage1_"}
-            )
-            result.update(times, number=number, node=node, trial_s=time.perf_counter() - start)
-            tune.report(result)  # blocks until the driver asks to go on (or stops the trial)
+        with pinned(job.cpus, shared=shares_node(job)) as place:
+            log.info("placement: %s", place.describe())
+            for result in _stages(config, params, number, job, folder, log, place):
+                result.update(number=number, node=node, trial_s=time.perf_counter() - start)
+                tune.report(result)  # blocks until the driver asks to go on (or stops it)
     except SystemExit:  # how Tune ends a trial its scheduler stopped
-        log.info("stopped by the scheduler after stage 1: the front clearly dominates it")
+        log.info("stopped by the scheduler: the front at this rung clearly dominates it")
         raise
     except BaseException as exc:
         log.error("failed:\n%s", traceback.format_exc())
@@ -104,21 +121,17 @@ def run_trial(config: dict[str, Any], job: TrialJob) -> None:
             h.close()
 
 
-def _stages(
-    config: dict[str, Any],
-    params: dict[str, Any],
-    number: int,
-    job: TrialJob,
-    folder: Path,
-    log: logging.Logger,
-):
+def _stages(config, params, number, job, folder, log, place):  # noqa: ANN001, ANN202
     from optuna.trial import FixedTrial
 
     from compress._quiet import import_heavy
     from compress.evaluate import EvalSettings
     from compress.recipe import save_recipe
+    from compress.search.build import rungs_for, split
+    from compress.search.isolation import work_phase
+    from compress.search.pairing import time_trial
     from compress.search.space import SearchSpace, SpaceFile
-    from compress.transforms.base import Stage, spec_of
+    from compress.search.speed import parent_transforms
 
     import_heavy()
     if "invalid" in config:
@@ -129,40 +142,195 @@ def _stages(
     earlier = same_knobs(Path(job.run), params, number)
     if earlier is not None:  # samplers repeat points of a discrete space: no second evaluation
         log.info("same knobs as trial %d: reusing its scores", earlier.number)
-        yield {
-            "stage": 2,
-            "latency_ms": earlier.latency_ms,
-            "quality": earlier.quality,
-            "scores": earlier.scores,
-            "components_ms": earlier.components_ms,
-            "duplicate_of": earlier.number,
-        }
+        yield {**earlier.last_result(), "duplicate_of": earlier.number}
         return
     full = EvalSettings(**job.settings)
+    quick = (
+        full.model_copy(update={"num_prompts": job.stage_prompts}) if job.stage_prompts else full
+    )
     refs = _references(job)
-    training = any(spec_of(t).stage == Stage.training for t in recipe.transforms)
-    pipe = applied = None
-    if job.stage_prompts is not None:
-        quick = [t for t in recipe.transforms if spec_of(t).stage != Stage.training]
+    plan = split(recipe)
+    builder = _builder(job, number, log)
+    fractions = [1.0] if builder.cached_fraction(plan) else rungs_for(plan, job.rungs)
+    progress = Progress(training=plan.trains)
+    timing = None
+    for fraction in fractions:
         t0 = time.perf_counter()
-        pipe, applied = _build(job, recipe.model_copy(update={"transforms": quick}), folder, log)
-        setup = time.perf_counter() - t0
+        with work_phase(place):
+            pipe, applied, parent = builder.candidate(
+                plan, fraction, parent=timing is None and parent_transforms(recipe) is not None
+            )
+        progress.times["build"] = progress.times.get("build", 0.0) + time.perf_counter() - t0
+        if timing is None:
+            t0 = time.perf_counter()
+            timing = time_trial(
+                pipe,
+                parent,
+                model=job.model,
+                dtype=job.dtype,
+                settings=full,
+                baseline_settings=EvalSettings(**job.baseline_settings),
+                rounds=job.rounds,
+                place=place,
+                log=log,
+            )
+            progress.times["timing"] = time.perf_counter() - t0
+            del parent
         t0 = time.perf_counter()
-        subset = full.model_copy(update={"num_prompts": job.stage_prompts})
-        score = evaluate_stage(pipe, subset, refs, log, "stage 1", job.metric_options)
-        save_images(score.images, folder / "images", prefix="s1_")
-        yield {**_metrics(1, score, time.perf_counter() - t0, training), "setup_s": setup}
-    # Stage 2 costs what a survivor pays beyond stage 1: training, rebuilding, the full prompt set.
-    t0 = time.perf_counter()
-    if pipe is not None and not training:
-        score = extend(pipe, score, full, refs, log, job.metric_options)
-    else:
-        pipe, applied = _build(job, recipe, folder, log)
-        score = evaluate_stage(pipe, full, refs, log, "stage 2", job.metric_options)
-    save_images(score.images, folder / "images")
-    scores = flag_scores(score.to_recipe_scores(), parent_latency(job, recipe, log))
-    save_recipe(_finished(applied, scores, job, number), folder / "recipe.yaml")
-    yield _metrics(2, score, time.perf_counter() - t0, training, scores)
+        with work_phase(place):
+            score = evaluate_stage(pipe, quick, refs, log, f"rung {fraction:g}", job.metric_options)
+        progress.times["evaluation"] = progress.times.get("evaluation", 0.0) + (
+            time.perf_counter() - t0
+        )
+        last = fraction == fractions[-1]
+        if not (last and quick is full):
+            progress.cache = builder.record
+            yield progress.report(1, fraction, score, timing)
+        if last:
+            t0 = time.perf_counter()
+            if quick is not full:
+                with work_phase(place):
+                    score = extend(pipe, score, full, refs, log, job.metric_options)
+            progress.times["evaluation"] += time.perf_counter() - t0
+            save_images(score.images, folder / "images")
+            scores = _scores(score, timing)
+            save_recipe(_finished(applied, recipe, scores, job, number), folder / "recipe.yaml")
+            progress.cache = builder.record
+            yield progress.report(2, fraction, score, timing, scores)
+
+
+@dataclass
+class Progress:
+    """What a trial has reported so far: each rung's point, times and cache use."""
+
+    training: bool
+    rungs: list[dict[str, Any]] = field(default_factory=list)
+    times: dict[str, float] = field(default_factory=dict)
+    cache: Any = None
+
+    def report(
+        self,
+        stage: int,
+        fraction: float,
+        score: Any,
+        timing: PairedTiming,
+        scores: Scores | None = None,
+    ) -> dict[str, Any]:
+        from compress.search.pairing import BASELINE, PARENT
+
+        ratio = timing.speedup[BASELINE]
+        point = {
+            "stage": stage,
+            "training_fraction": fraction if self.training else None,
+            "prompts": len(score.prompts),
+            "relative_latency": 1.0 / ratio.median,
+            "quality": float(score.quality),
+        }
+        if stage == 1:
+            self.rungs.append(point)
+        parent = timing.speedup.get(PARENT)
+        cache = self.cache
+        return {
+            **point,
+            "latency_ms": timing.median_ms(),
+            "reference_latency_ms": timing.median_ms(BASELINE),
+            "speedup": ratio.median,
+            "speedup_low": ratio.low,
+            "speedup_high": ratio.high,
+            "parent_speedup": parent.median if parent else None,
+            "parent_speedup_ci": parent.ci if parent else None,
+            "scores": (scores or score.to_recipe_scores()).model_dump(mode="json"),
+            "components_ms": _medians(timing.components_ms["candidate"]),
+            "reference_components_ms": _medians(timing.components_ms[BASELINE]),
+            "rungs": list(self.rungs),
+            "training": self.training,
+            "cache": {
+                "hits": cache.hits if cache else [],
+                "misses": cache.misses if cache else [],
+            },
+            **{f"{k}_s": v for k, v in self.times.items()},
+        }
+
+
+def _medians(parts: dict[str, list[float]]) -> dict[str, float]:
+    import statistics
+
+    return {k: statistics.median(v) for k, v in parts.items()}
+
+
+def _builder(job: TrialJob, number: int, log: logging.Logger) -> Any:
+    from compress.search.build import Builder
+    from compress.search.cache import PrefixCache, library_versions
+
+    device = job.settings.get("device", "cpu")
+
+    def load(folder: Path | None = None) -> Any:
+        from compress.models.artifact import load_artifact, load_model
+
+        if folder is not None:
+            return load_artifact(folder, device=device, dtype=job.dtype)
+        return load_model(job.model, device=device, dtype=job.dtype)
+
+    return Builder(
+        load=load,
+        context={"device": device, "data": _data(job), "prompts": _prompts(job)},
+        cache=PrefixCache(job.cache_dir) if job.cache_dir else None,
+        weights=job.weights,
+        data=job.data_identity,
+        versions=library_versions(),
+        trial=number,
+        log=log,
+    )
+
+
+def _data(job: TrialJob) -> Path | None:
+    """The training images; a node that cannot read them fails the trial naming the path."""
+    if job.data is None:
+        return None
+    path = Path(job.data)
+    if not path.is_dir():
+        raise TrialFailed(
+            f"training data {path} is not readable on this node; put it on storage every node "
+            "mounts at the same path"
+        )
+    return path
+
+
+def _prompts(job: TrialJob) -> list[str]:
+    if job.prompts_file is None:
+        return []
+    path = Path(job.prompts_file)
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise TrialFailed(f"prompts file {path} is not readable on this node: {exc}") from None
+    return [ln.strip() for ln in lines if ln.strip()]
+
+
+def _scores(score: Any, timing: PairedTiming) -> Scores:
+    """The recipe's scores: quality on the full set, latency and speed-ups from paired timing."""
+    from compress.search.pairing import BASELINE, PARENT
+    from compress.search.speed import flag_scores
+
+    ratio, parent = timing.speedup[BASELINE], timing.speedup.get(PARENT)
+    scores = score.to_recipe_scores().model_copy(
+        update={
+            "latency_ms": timing.median_ms(),
+            "latency_spread_ms": timing.spread_ms(),
+            "speedup": ratio.median,
+            "speedup_ci": ratio.ci,
+            "reference": {
+                "baseline": "the uncompressed model",
+                "baseline_latency_ms": timing.median_ms(BASELINE),
+                "baseline_settings": timing.settings[BASELINE],
+                "rounds": timing.rounds,
+                "threads": timing.threads,
+            },
+            "parent_speedup": parent.median if parent else None,
+            "parent_speedup_ci": parent.ci if parent else None,
+        }
+    )
+    return flag_scores(scores)
 
 
 def same_knobs(run: Path, params: dict[str, Any], number: int) -> TrialRecord | None:
@@ -173,23 +341,6 @@ def same_knobs(run: Path, params: dict[str, Any], number: int) -> TrialRecord | 
     return None
 
 
-def _build(job: TrialJob, recipe: Recipe, folder: Path, log: logging.Logger) -> tuple[Any, Recipe]:
-    from compress.apply import apply_recipe
-    from compress.context import RunContext
-    from compress.models.loading import load_pipeline
-    from compress.transforms.base import Stage, spec_of
-
-    device = job.settings.get("device", "cpu")
-    pipe = load_pipeline(job.model, device=device, dtype=job.dtype)
-    ctx = RunContext(device=device, out_dir=folder)
-    if any(spec_of(t).stage == Stage.training for t in recipe.transforms):
-        ctx.teacher = load_pipeline(job.model, device=device, dtype=job.dtype)
-    t0 = time.perf_counter()
-    applied = apply_recipe(pipe, recipe, ctx)
-    log.info("applied %s in %.2f s", [t.kind for t in recipe.transforms], time.perf_counter() - t0)
-    return pipe, applied
-
-
 def _references(job: TrialJob) -> list[Any] | None:
     if not job.reference_images:
         return None
@@ -198,30 +349,20 @@ def _references(job: TrialJob) -> list[Any] | None:
     return [Image.open(p).convert("RGB") for p in job.reference_images]
 
 
-def _finished(applied: Recipe, scores: Scores, job: TrialJob, number: int) -> Recipe:
+def _finished(applied: Recipe, recipe: Recipe, scores: Scores, job: TrialJob, n: int) -> Recipe:
     from compress.recipe import Provenance, library_versions
 
     provenance = Provenance(
         source_model=job.model,
         run_id=job.run_id,
-        trial_id=f"{number:04d}",
+        trial_id=f"{n:04d}",
         versions=library_versions(),
     )
-    return applied.model_copy(update={"scores": scores, "provenance": provenance})
-
-
-def _metrics(
-    stage: int, score: Score, seconds: float, training: bool, scores: Scores | None = None
-) -> dict[str, Any]:
-    scores = scores or score.to_recipe_scores()
-    return {
-        "stage": stage,
-        "latency_ms": float(score.latency_ms),
-        "quality": float(score.quality),
-        "scores": scores.model_dump(mode="json"),
-        "components_ms": {k: float(v) for k, v in score.components_ms.items()},
-        f"stage{stage}_s": seconds,
-        f"stage{stage}_latency_ms": float(score.latency_ms),
-        f"stage{stage}_quality": float(score.quality),
-        "training": training,
-    }
+    return applied.model_copy(
+        update={
+            "name": recipe.name,
+            "description": recipe.description,
+            "scores": scores,
+            "provenance": provenance,
+        }
+    )

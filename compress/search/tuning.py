@@ -10,12 +10,15 @@ from typing import Any
 
 from ray.tune import Callback
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+from ray.tune.search import ConcurrencyLimiter, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from compress.search.ledger import TrialRecord, read_json, trial_dir, write_record
 from compress.search.pareto import Point, clearly_dominated, pareto_front
 
-METRICS = ["latency_ms", "quality"]
+# The two objectives: latency relative to the uncompressed baseline (1 / paired speed-up, so
+# trials timed in different workers compare) and quality.
+METRICS = ["relative_latency", "quality"]
 MODES = ["min", "max"]
 
 
@@ -55,41 +58,82 @@ class ConstrainedOptunaSearch(OptunaSearch):
         super().on_trial_complete(trial_id, result, error)
 
 
-class StagedScheduler(FIFOScheduler):
-    """Stops a trial after stage 1 when fully evaluated trials clearly dominate it, or when its
-    latency (reliable from stage 1) already breaks --max-latency.
+class BudgetLimiter(ConcurrencyLimiter):
+    """Ray's concurrency limit plus a wall-clock budget: once it is spent no trial starts, while
+    the running ones finish and are recorded (Tune's own `time_budget_s` would stop them)."""
 
-    Stage-1 scores are compared with the stage-1 scores of the fully evaluated trials (same
-    prompts and seeds): a metric such as a Frechet distance shifts with the number of images.
+    def __init__(self, searcher: Searcher, max_concurrent: int, deadline: float | None) -> None:
+        super().__init__(searcher, max_concurrent=max_concurrent)
+        self.deadline = deadline  # time.time() after which nothing new starts
+
+    def suggest(self, trial_id: str) -> dict | None:
+        if self.deadline is not None and time.time() >= self.deadline:
+            return Searcher.FINISHED
+        return super().suggest(trial_id)
+
+
+class RungScheduler(FIFOScheduler):
+    """Successive halving over two objectives: a candidate is stopped at a rung when the front of
+    the points scored at that rung clearly dominates it, when it breaks --max-latency, or when
+    its paired speed-up interval does not lie above 1 (it can never be on the front).
+
+    A rung is a training fraction (1.0 for candidates that train nothing, or whose training is
+    cached), always scored on the same stage prompts, so a candidate meets only points with the
+    same training budget and prompts. Ray Tune's ASHAScheduler ranks trials by one metric; the
+    front is two-dimensional, so the promotion rule is written here on Tune's scheduler API.
     """
 
     def __init__(
-        self, front: list[Point], limits: Limits, *, quality_margin: float, latency_tolerance: float
+        self,
+        points: dict[float, list[Point]],
+        limits: Limits,
+        *,
+        quality_margin: float,
+        latency_tolerance: float,
     ) -> None:
         super().__init__()
-        self._points = list(front)  # stage-1 points of feasible, fully evaluated trials
+        self._points = {k: list(v) for k, v in points.items()}
         self._limits = limits
         self._margin = quality_margin
         self._tolerance = latency_tolerance
 
-    def front(self) -> list[Point]:
-        return [self._points[i] for i in pareto_front(self._points)]
+    def front(self, rung: float) -> list[Point]:
+        pts = self._points.get(rung, [])
+        return [pts[i] for i in pareto_front(pts)]
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
-        point = (result.get("latency_ms"), result.get("quality"))
-        if result.get("stage") == 2:
-            quick = (result.get("stage1_latency_ms"), result.get("stage1_quality"))
-            feasible = not any(v > 0 for v in self._limits.violations(*point).values())
-            if feasible and None not in quick:
-                self._points.append(quick)
+        if result.get("stage") != 1 or result.get("duplicate_of") is not None:
             return TrialScheduler.CONTINUE
-        if self._limits.violations(point[0], None).get("max_latency", 0) > 0:
+        if self._limits.violations(result.get("latency_ms"), None).get("max_latency", 0) > 0:
             return TrialScheduler.STOP
+        low = result.get("speedup_low")
+        if low is None or low <= 1.0:
+            return TrialScheduler.STOP
+        rung = rung_of(result)
+        point = (result["relative_latency"], result["quality"])
         if clearly_dominated(
-            point, self.front(), quality_margin=self._margin, latency_tolerance=self._tolerance
+            point, self.front(rung), quality_margin=self._margin, latency_tolerance=self._tolerance
         ):
             return TrialScheduler.STOP
+        self._points.setdefault(rung, []).append(point)
         return TrialScheduler.CONTINUE
+
+
+def rung_of(point: dict) -> float:
+    """The rung a scored point belongs to: its training fraction, 1.0 when it trains nothing."""
+    fraction = point.get("training_fraction")
+    return 1.0 if fraction is None else float(fraction)
+
+
+def rung_points(records: list[TrialRecord]) -> dict[float, list[Point]]:
+    """The points earlier trials scored at each rung (a resumed run's scheduler starts here)."""
+    out: dict[float, list[Point]] = {}
+    for r in records:
+        if not r.feasible or not r.faster:
+            continue
+        for p in r.rungs:
+            out.setdefault(rung_of(p), []).append((p["relative_latency"], p["quality"]))
+    return out
 
 
 class LedgerCallback(Callback):
@@ -119,14 +163,11 @@ class LedgerCallback(Callback):
         number = int(trial.config["number"])
         params = {k: v for k, v in trial.config.items() if k not in ("number", "invalid")}
         wall = time.perf_counter() - self._started.get(trial.trial_id, time.perf_counter())
-        times = {
-            k.removesuffix("_s"): float(v)
-            for k, v in r.items()
-            if k in ("setup_s", "stage1_s", "stage2_s", "trial_s")
-        }
+        times = {k.removesuffix("_s"): float(v) for k, v in r.items() if k.endswith("_s")}
         times["wall"] = wall
         latency, quality = r.get("latency_ms"), r.get("quality")
-        scores = r.get("scores") or {}
+        low, high = r.get("speedup_low"), r.get("speedup_high")
+        scored = r.get("stage") in (1, 2)
         record = TrialRecord(
             number=number,
             state=state,
@@ -135,27 +176,33 @@ class LedgerCallback(Callback):
             recipe=_recipe_name(self._run, number),
             transforms=_transforms(self._run, number),
             latency_ms=latency,
+            reference_latency_ms=r.get("reference_latency_ms"),
+            speedup=r.get("speedup"),
+            speedup_ci=[low, high] if low is not None and high is not None else None,
+            parent_speedup=r.get("parent_speedup"),
+            parent_speedup_ci=r.get("parent_speedup_ci"),
             quality=quality,
-            scores=scores,
+            scores=r.get("scores") or {},
+            components_ms=r.get("components_ms") or {},
+            reference_components_ms=r.get("reference_components_ms") or {},
+            rungs=r.get("rungs") or [],
+            stopped_at=(
+                {"prompts": r.get("prompts"), "training_fraction": r.get("training_fraction")}
+                if scored
+                else None
+            ),
+            training=bool(r.get("training")),
+            cache=r.get("cache") or {},
             constraints=self._limits.violations(latency, quality) if state != "failed" else {},
             error=error,
             node=r.get("node"),
             ray_trial_id=trial.trial_id,
             times=times,
             duplicate_of=r.get("duplicate_of"),
-            components_ms=r.get("components_ms") or {},
-            stage1_point=_stage1_point(r),
-            training=bool(r.get("training")),
         )
         write_record(self._run, record)
         if self._on_record is not None:
             self._on_record(record)
-
-
-def _stage1_point(r: dict) -> tuple[float, float] | None:
-    if r.get("stage") != 2 or "stage1_quality" not in r:
-        return None
-    return (r["stage1_latency_ms"], r["stage1_quality"])
 
 
 def _recipe_name(run: Path, number: int) -> str | None:
@@ -196,4 +243,11 @@ def read_params(run: Path, number: int) -> dict[str, Any]:
     return read_json(path).get("params", {}) if path.is_file() else {}
 
 
-__all__ = ["ConstrainedOptunaSearch", "LedgerCallback", "Limits", "StagedScheduler", "TrialRecord"]
+__all__ = [
+    "BudgetLimiter",
+    "ConstrainedOptunaSearch",
+    "LedgerCallback",
+    "Limits",
+    "RungScheduler",
+    "TrialRecord",
+]

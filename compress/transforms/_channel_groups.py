@@ -98,6 +98,8 @@ def prune_groups(dg: Any, unet: nn.Module, groups: Any) -> None:
             if dg.is_out_channel_pruning_fn(dep.handler) and mod in names:
                 pruned[names[mod]] = (dg.get_out_channels(mod), [int(i) for i in idxs])
         group.prune()
+    if not hasattr(unet, "down_blocks"):  # a transformer's block outputs keep their width
+        return
     channels = feature_channels(unet)
     for student, _teacher in feature_pairs(unet):
         layer = output_layer(unet, student)

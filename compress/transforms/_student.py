@@ -1,5 +1,6 @@
 """Pieces the distillation transforms share: their training data and loop settings, the
-guidance-scale embedding, the teacher's guided prediction and prediction-type conversions."""
+guidance-scale embedding, the teacher's guided prediction and prediction-type conversions (DDPM
+noise, velocity and sample predictions, and flow matching's velocity)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pydantic import Field
 
 from compress.context import RunContext
 from compress.errors import CompressError
-from compress.transforms.base import TransformConfig
+from compress.transforms.base import Metadata, TransformConfig
 
 if TYPE_CHECKING:
     import torch
@@ -93,32 +94,70 @@ def training_data(
     )
 
 
-def add_guidance_embedding(unet: nn.Module, dim: int) -> None:
-    """Give the UNet diffusers' guidance-scale input (`time_cond_proj_dim`), zero-initialised so
-    the model is unchanged until trained; in place, so pruned structures are kept."""
+def takes_guidance(net: nn.Module) -> bool:
+    """True when the denoiser takes the guidance scale as an input (UNet `time_cond_proj_dim`,
+    or a transformer's added embedding)."""
+    from compress.transforms import _dit_guidance
+
+    if "time_cond_proj_dim" in net.config:
+        return net.config.time_cond_proj_dim is not None
+    return _dit_guidance.has(net)
+
+
+def add_guidance_embedding(net: nn.Module, dim: int, scale: float = 1.0) -> Metadata:
+    """Give the denoiser a guidance-scale input, zero-initialised so the model is unchanged until
+    trained, in place (pruned structures are kept); returns what to record for loading.
+
+    UNet: diffusers' own `time_cond_proj_dim` (the pipeline feeds the scale). Transformer: an
+    embedding added to its timestep embedding, embedding `scale` at sampling (`_dit_guidance`).
+    """
     from torch import nn
 
-    emb = unet.time_embedding
+    if "time_cond_proj_dim" not in net.config:
+        from compress.transforms import _dit_guidance
+
+        _dit_guidance.add(net, dim, scale)
+        return {"guidance_embedding_dim": dim, "embedded_guidance": scale, "native": False}
+    emb = net.time_embedding
     width = emb.linear_1.in_features  # the sinusoidal timestep width cond_proj adds to
     proj = nn.Linear(dim, width, bias=False).to(emb.linear_1.weight)
     nn.init.zeros_(proj.weight)
     emb.cond_proj = proj
-    unet.register_to_config(time_cond_proj_dim=dim)
+    net.register_to_config(time_cond_proj_dim=dim)
+    return {"time_cond_proj_dim": dim, "unet_config_added": ["time_cond_proj_dim"]}
 
 
 def readd_guidance_embedding(pipe: DiffusionPipeline, metadata: dict[str, Any]) -> None:
-    """On load of a restructured artifact: the embedding the transform added, before weights."""
-    dim = metadata.get("time_cond_proj_dim")
-    if dim and pipe.unet.config.time_cond_proj_dim is None:
-        add_guidance_embedding(pipe.unet, dim)
+    """On load: the embedding the transform added (before weights for a restructured artifact),
+    embedding the recorded scale on a transformer."""
+    from compress.models.denoiser import denoiser
+    from compress.transforms import _dit_guidance
+
+    net = denoiser(pipe)
+    dim = metadata.get("time_cond_proj_dim") or metadata.get("guidance_embedding_dim")
+    if dim and not takes_guidance(net):
+        add_guidance_embedding(net, dim, metadata.get("embedded_guidance", 1.0))
+    elif "embedded_guidance" in metadata:
+        _dit_guidance.set_scale(net, metadata["embedded_guidance"])
 
 
-def guidance_embedding(pipe: DiffusionPipeline, unet: nn.Module, scale: torch.Tensor) -> Any:
-    """The pipeline's own embedding of `scale - 1` (what it feeds at sampling), or None."""
-    dim = unet.config.time_cond_proj_dim
-    if dim is None:
+def guidance_inputs(pipe: DiffusionPipeline, net: nn.Module, scale: torch.Tensor) -> Any:
+    """Extra denoiser keywords that give `net` the guidance scales (B,), or None if it takes none.
+
+    UNet: the pipeline's own embedding of `scale - 1` (what it feeds at sampling). Transformer:
+    its added embedding is told the scales (it needs no keyword).
+    """
+    from compress.transforms import _dit_guidance
+
+    if not takes_guidance(net):
         return None
-    return pipe.get_guidance_scale_embedding(scale.float().cpu() - 1, embedding_dim=dim)
+    if "time_cond_proj_dim" not in net.config:
+        _dit_guidance.set_scale(net, scale.float())
+        return {}
+    emb = pipe.get_guidance_scale_embedding(
+        scale.float().cpu() - 1, embedding_dim=net.config.time_cond_proj_dim
+    )
+    return {"timestep_cond": emb.to(net.device, net.dtype)}
 
 
 def student_scales(cfg: Any, n: int) -> torch.Tensor:
@@ -132,10 +171,14 @@ def student_scales(cfg: Any, n: int) -> torch.Tensor:
 
 
 def x0_eps(
-    out: torch.Tensor, x: torch.Tensor, alpha_bar: torch.Tensor, kind: str
+    out: torch.Tensor, x: torch.Tensor, level: torch.Tensor, kind: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Clean sample and noise implied by a denoiser output of prediction type `kind`."""
-    a = alpha_bar.view(-1, 1, 1, 1).to(x)  # (B, 1, 1, 1)
+    """Clean sample and noise implied by a denoiser output of prediction type `kind`; `level` is
+    alpha_bar_t for DDPM types, sigma_t for `flow` (x = (1 - sigma) x0 + sigma noise, out = the
+    velocity noise - x0)."""
+    a = level.view(-1, 1, 1, 1).to(x)  # (B, 1, 1, 1)
+    if kind == "flow":
+        return x - a * out, x + (1 - a) * out
     sa, sb = a.sqrt(), (1 - a).sqrt()
     if kind == "epsilon":
         return (x - sb * out) / sa, out
@@ -160,30 +203,28 @@ def guided(
     """
     import torch
 
-    from compress.train.diffusion import unet_kwargs
+    from compress.models.denoiser import denoiser
+    from compress.train.diffusion import predict
 
-    unet, n = teacher.unet, x.shape[0]
-    dt = unet.dtype
+    net, n = denoiser(teacher), x.shape[0]
+    dt = net.dtype
     c = {k: v.to(dt) for k, v in cond.items()}
     with torch.no_grad():
-        emb = guidance_embedding(teacher, unet, scale)
-        if emb is not None:
-            kw = unet_kwargs(c)
-            out = unet(x.to(dt), t, timestep_cond=emb.to(x.device, dt), **kw, return_dict=False)
-            return out[0].float()
+        extra = guidance_inputs(teacher, net, scale)
+        if extra is not None:
+            return predict(net, x.to(dt), t, c, **extra).float()
         u = {k: uncond[k].to(v).expand_as(v) for k, v in c.items()}
         both = {k: torch.cat([u[k], c[k]]) for k in c}
-        xx = torch.cat([x, x]).to(dt)
-        out = unet(xx, torch.cat([t, t]), **unet_kwargs(both), return_dict=False)[0].float()
+        out = predict(net, torch.cat([x, x]).to(dt), torch.cat([t, t]), both).float()
         o_u, o_c = out[:n], out[n:]
         return o_u + scale.view(-1, 1, 1, 1).to(x) * (o_c - o_u)
 
 
-def as_float(unet: nn.Module) -> Any:
+def as_float(net: nn.Module) -> Any:
     """Train in full precision (optimizer state and updates); returns the dtype to go back to."""
     import torch
 
-    dtype = unet.dtype
+    dtype = net.dtype
     if dtype != torch.float32:
-        unet.float()
+        net.float()
     return dtype

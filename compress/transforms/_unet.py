@@ -74,10 +74,15 @@ def output_layer(unet: UNet2DConditionModel, stage: str) -> str:
     return f"{stage}.resnets.{len(block.resnets) - 1}.conv2"
 
 
-def feature_pairs(unet: UNet2DConditionModel) -> list[tuple[str, str]]:
-    """Recorded (student, teacher) stage pairs, or the UNet's stages matched by name."""
-    pairs = getattr(unet, FEATURE_PAIRS, None)
-    return [tuple(p) for p in pairs] if pairs else [(n, n) for n in stage_names(unet)]
+def feature_pairs(net: torch.nn.Module) -> list[tuple[str, str]]:
+    """Recorded (student, teacher) stage pairs, or the stages matched by name: a UNet's down, mid
+    and up blocks, a diffusion transformer's blocks."""
+    pairs = getattr(net, FEATURE_PAIRS, None)
+    if pairs:
+        return [tuple(p) for p in pairs]
+    if not hasattr(net, "down_blocks"):
+        return [(f"transformer_blocks.{i}",) * 2 for i in range(len(net.transformer_blocks))]
+    return [(n, n) for n in stage_names(net)]
 
 
 def feature_channels(unet: UNet2DConditionModel) -> dict[str, list[int]]:

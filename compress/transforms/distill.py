@@ -1,5 +1,6 @@
 """Recovery after pruning by knowledge distillation from the uncompressed teacher: denoising
-task loss, output loss and feature loss at every stage's output (BK-SDM, Kim et al. 2023)."""
+task loss, output loss and feature loss at every stage's output (BK-SDM, Kim et al. 2023), or
+at every transformer block's output, each matched with the teacher block it was kept as."""
 
 from __future__ import annotations
 
@@ -67,8 +68,13 @@ class _Features:
 
     @staticmethod
     def _keep(store: dict[str, Any], name: str) -> Any:
+        import torch
+
         def hook(module: nn.Module, args: Any, out: Any) -> None:
-            store[name] = out[0] if isinstance(out, tuple) else out  # down blocks: (h, skips)
+            # UNet down blocks give (h, skips), SD3 blocks (text, image): the last tensor is h
+            if isinstance(out, tuple):
+                out = [o for o in out if isinstance(o, torch.Tensor)][-1]
+            store[name] = out
 
         return hook
 
@@ -88,7 +94,7 @@ def _loss_fn(
     import torch
     import torch.nn.functional as F
 
-    from compress.train.diffusion import noisy, unet_kwargs
+    from compress.train.diffusion import noisy, predict
 
     def loss_fn(student: nn.Module, teacher: nn.Module, batch: dict[str, torch.Tensor]) -> Any:
         latents = batch.pop("latents")  # (B, C, h, w)
@@ -98,10 +104,10 @@ def _loss_fn(
             k: torch.where(drop.view(-1, *[1] * (v.dim() - 1)), uncond[k].to(v), v)
             for k, v in batch.items()
         }
-        out = student(x_t, t, **unet_kwargs(cond), return_dict=False)[0]
+        out = predict(student, x_t, t, cond)
         with torch.no_grad():  # the teacher may sit in half precision
             tc = {k: v.to(teacher.dtype) for k, v in cond.items()}
-            ref = teacher(x_t.to(teacher.dtype), t, **unet_kwargs(tc), return_dict=False)[0]
+            ref = predict(teacher, x_t.to(teacher.dtype), t, tc)
         task, kd = F.mse_loss(out.float(), target.float()), F.mse_loss(out.float(), ref.float())
         feat = out.new_zeros((), dtype=torch.float32)
         for a, b in pairs:
@@ -117,21 +123,21 @@ def _loss_fn(
 
 @register_transform(DistillConfig, stage=Stage.training, native=True)
 def apply_distill(pipe: DiffusionPipeline, cfg: DistillConfig, ctx: RunContext) -> Metadata:
-    """Fine-tune the (pruned) UNet towards the teacher on the shared training loop."""
-
+    """Fine-tune the (pruned) denoiser towards the teacher on the shared training loop."""
+    from compress.models.denoiser import denoiser
     from compress.train import train
     from compress.train.diffusion import training_scheduler
 
     teacher = teacher_of(ctx, cfg.kind)
     data, info = training_data(pipe, cfg, ctx, cfg.kind)
-    student = pipe.unet
+    student, frozen = denoiser(pipe), denoiser(teacher)
     pairs, channels = feature_pairs(student), feature_channels(student)
-    missing = [b for _, b in pairs if b not in dict(teacher.unet.named_modules())]
+    missing = [b for _, b in pairs if b not in dict(frozen.named_modules())]
     if missing:
         raise CompressError(f"the teacher has no modules {missing}: is it the uncompressed model?")
     dtype, flags = as_float(student), [p.requires_grad for p in student.parameters()]
-    student.requires_grad_(True)  # the whole UNet is fine-tuned
-    feats = _Features(student, teacher.unet, pairs)
+    student.requires_grad_(True)  # the whole denoiser is fine-tuned
+    feats = _Features(student, frozen, pairs)
     settings = train_settings(cfg)
     folder = ctx.out_dir / "distill" if ctx.out_dir is not None else None
     try:
@@ -141,7 +147,7 @@ def apply_distill(pipe: DiffusionPipeline, cfg: DistillConfig, ctx: RunContext) 
             loss,
             data.loader(cfg.batch_size, cfg.seed),
             settings,
-            teacher=teacher.unet,
+            teacher=frozen,
             folder=folder,
         )
     finally:

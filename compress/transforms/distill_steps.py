@@ -1,6 +1,6 @@
 """Few-step student by latent consistency distillation (Luo et al. 2023, "Latent Consistency
-Models") or by trajectory distillation on a fixed grid (`_trajectory.py`), as a full fine-tune or
-a portable LoRA adapter (Luo et al. 2023, "LCM-LoRA")."""
+Models") or by trajectory distillation on a fixed grid (`_trajectory.py`; on the DDIM or the
+flow-matching ODE), as a full fine-tune or a portable LoRA adapter (Luo et al. 2023, "LCM-LoRA")."""
 
 from __future__ import annotations
 
@@ -16,10 +16,11 @@ from compress.transforms._student import (
     StudentTraining,
     add_guidance_embedding,
     as_float,
-    guidance_embedding,
+    guidance_inputs,
     guided,
     readd_guidance_embedding,
     student_scales,
+    takes_guidance,
     teacher_of,
     train_settings,
     training_data,
@@ -44,12 +45,13 @@ LORA_DIR = "lora"  # <work dir>/distill_steps/lora/pytorch_lora_weights.safetens
 class DistillStepsConfig(StudentTraining):
     """A student that samples in `student_steps` steps, one denoiser call each.
 
-    method `consistency`: an LCMScheduler student, good at any small step count (it re-noises
-    between steps). `trajectory`: a deterministic DDIM student trained for exactly
-    `student_steps`, each step matching `teacher_substeps` guided teacher DDIM steps.
+    method `consistency` (DDPM-schedule denoisers): an LCMScheduler student, good at any small
+    step count (it re-noises between steps). `trajectory`: a deterministic student trained for
+    exactly `student_steps`, each step matching `teacher_substeps` guided teacher steps (DDIM,
+    or Euler on the flow-matching ODE with a FlowMatchEuler student).
 
-    lora_rank 0 fine-tunes the whole UNet; > 0 trains a LoRA adapter (saved in diffusers' LoRA
-    format, then fused). Without a guidance embedding the student distils the teacher at
+    lora_rank 0 fine-tunes the whole denoiser; > 0 trains a LoRA adapter (saved in diffusers'
+    LoRA format, then fused). Without a guidance embedding the student distils the teacher at
     `guidance_scale` and samples unguided; with one it learns scales in [guidance_min,
     guidance_max] and samples with `guidance_scale` as its input.
     """
@@ -87,7 +89,7 @@ def _loss_fn(cfg: DistillStepsConfig, teacher: DiffusionPipeline, uncond: Any, l
     import torch
     import torch.nn.functional as F
 
-    from compress.train.diffusion import unet_kwargs
+    from compress.train.diffusion import denoiser_kwargs
 
     alpha_bar = lcm.alphas_cumprod  # (T,)
     kind = lcm.config.prediction_type
@@ -95,7 +97,7 @@ def _loss_fn(cfg: DistillStepsConfig, teacher: DiffusionPipeline, uncond: Any, l
     solver_t = torch.arange(1, cfg.solver_steps + 1) * skip - 1  # (N,) LCMScheduler's grid
 
     def consistency(student: nn.Module, x: torch.Tensor, t: torch.Tensor, kw: Any) -> Any:
-        out = student(x, t, **kw, return_dict=False)[0].float()
+        out = student(x, timestep=t, **kw, return_dict=False)[0][:, : x.shape[1]].float()
         x0, _ = x0_eps(out, x, alpha_bar[t.cpu()], kind)
         c_skip, c_out = lcm.get_scalings_for_boundary_condition_discrete(t.cpu().float())
         return c_skip.view(-1, 1, 1, 1).to(x) * x + c_out.view(-1, 1, 1, 1).to(x) * x0
@@ -109,10 +111,7 @@ def _loss_fn(cfg: DistillStepsConfig, teacher: DiffusionPipeline, uncond: Any, l
         noise = torch.randn(latents.shape).to(latents)
         a = alpha_bar[t].view(-1, 1, 1, 1).to(latents)
         x_t = a.sqrt() * latents + (1 - a).sqrt() * noise
-        kw = unet_kwargs(batch)
-        emb = guidance_embedding(teacher, student, scale)
-        if emb is not None:
-            kw["timestep_cond"] = emb.to(latents)
+        kw = {**denoiser_kwargs(batch), **(guidance_inputs(teacher, student, scale) or {})}
         pred = consistency(student, x_t, t.to(dev), kw)
         with torch.no_grad():
             ref = guided(teacher, x_t, t.to(dev), batch, uncond, scale)
@@ -128,19 +127,24 @@ def _loss_fn(cfg: DistillStepsConfig, teacher: DiffusionPipeline, uncond: Any, l
     return loss_fn
 
 
-def _add_lora(unet: nn.Module, rank: int) -> None:
+def _add_lora(net: nn.Module, rank: int) -> None:
     from peft import LoraConfig
 
     from compress._quiet import quiet_imports
 
-    unet.requires_grad_(False)
-    targets = {n.rsplit(".", 1)[-1] for n, _ in unet.named_modules()}
+    if not hasattr(net, "add_adapter"):
+        raise CompressError(
+            f"distill_steps: diffusers has no LoRA support for {type(net).__name__} (UNets, "
+            "SD3 and Sana transformers have it); set lora_rank 0 to fine-tune it whole"
+        )
+    net.requires_grad_(False)
+    targets = {n.rsplit(".", 1)[-1] for n, _ in net.named_modules()}
     present = [t for t in LORA_TARGETS if t.rsplit(".", 1)[-1] in targets]
     config = LoraConfig(
         r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=present
     )
     with quiet_imports():  # peft's layer dispatch imports neural-compressor, which logs on import
-        unet.add_adapter(config)  # only the adapter's parameters train
+        net.add_adapter(config)  # only the adapter's parameters train
 
 
 def save_lora(pipe: DiffusionPipeline, layers: dict[str, Any], folder: Path) -> Path:
@@ -152,7 +156,10 @@ def save_lora(pipe: DiffusionPipeline, layers: dict[str, Any], folder: Path) -> 
 
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.partial-"))
-    type(pipe).save_lora_weights(tmp, unet_lora_layers=layers, safe_serialization=True)
+    from compress.models.denoiser import denoiser_attr
+
+    key = f"{denoiser_attr(pipe)}_lora_layers"  # unet_lora_layers or transformer_lora_layers
+    type(pipe).save_lora_weights(tmp, **{key: layers}, safe_serialization=True)
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
     return folder
@@ -172,35 +179,42 @@ def _on_load(pipe: DiffusionPipeline, cfg: DistillStepsConfig, metadata: Metadat
 def apply_distill_steps(
     pipe: DiffusionPipeline, cfg: DistillStepsConfig, ctx: RunContext
 ) -> Metadata:
-    """Consistency-distil the teacher (the pipeline before the recipe ran) into the UNet on the
-    shared training loop, then sample with LCMScheduler at `student_steps`."""
+    """Distil the teacher (the pipeline before the recipe ran) into a few-step student on the
+    shared training loop, then sample with the student's scheduler at `student_steps`."""
     from diffusers import LCMScheduler
 
+    from compress.models.denoiser import denoiser, is_flow_matching
     from compress.train import train
 
     teacher = teacher_of(ctx, cfg.kind)
-    student = pipe.unet
+    student = denoiser(pipe)
+    flow = is_flow_matching(teacher.scheduler)
     total = teacher.scheduler.config.num_train_timesteps
+    if flow and cfg.method == "consistency":
+        raise CompressError(
+            f"distill_steps: method consistency applies to DDPM-schedule denoisers; "
+            f"{type(pipe).__name__} is a flow-matching model: use method trajectory"
+        )
     if cfg.solver_steps > total or cfg.student_steps * cfg.teacher_substeps > total:
         raise CompressError(
             f"solver_steps and student_steps x teacher_substeps must be <= the {total} training "
             "timesteps"
         )
     if cfg.method == "trajectory":
-        sampler = student_scheduler(teacher.scheduler.config)
+        sampler = student_scheduler(teacher.scheduler.config, flow)
     else:
         sampler = LCMScheduler.from_config(
             teacher.scheduler.config, original_inference_steps=cfg.solver_steps
         )
     data, info = training_data(pipe, cfg, ctx, cfg.kind)
     added: Metadata = {}
-    if cfg.guidance_embedding and student.config.time_cond_proj_dim is None:
-        add_guidance_embedding(student, cfg.embedding_dim)
-        added = {
-            "time_cond_proj_dim": cfg.embedding_dim,
-            "unet_config_added": ["time_cond_proj_dim"],
-        }
-    embedded = student.config.time_cond_proj_dim is not None
+    if cfg.guidance_embedding and not takes_guidance(student):
+        added = add_guidance_embedding(student, cfg.embedding_dim, cfg.guidance_scale)
+    embedded = takes_guidance(student)
+    # a transformer embeds the scale itself; its pipeline then samples without a CFG pass
+    inside = embedded and "time_cond_proj_dim" not in student.config
+    if inside:
+        added = {**added, "embedded_guidance": cfg.guidance_scale}
     dtype, flags = as_float(student), {n: p.requires_grad for n, p in student.named_parameters()}
     if cfg.lora_rank:
         _add_lora(student, cfg.lora_rank)
@@ -214,7 +228,7 @@ def apply_distill_steps(
         loss = make_loss(cfg_seen, teacher, data.uncond, sampler)
         loader = data.loader(cfg.batch_size, cfg.seed)
         folder = work / "train" if work is not None else None
-        result = train(student, loss, loader, settings, teacher=teacher.unet, folder=folder)
+        result = train(student, loss, loader, settings, teacher=denoiser(teacher), folder=folder)
         if cfg.lora_rank:
             from peft.utils import get_peft_model_state_dict
 
@@ -231,11 +245,12 @@ def apply_distill_steps(
         student.to(dtype)
     ctx.cache[cfg.kind] = result
     pipe.scheduler = sampler
+    readd_guidance_embedding(pipe, added)  # a transformer embeds guidance_scale again
     # one denoiser call per step: an embedded scale needs no unconditional pass
     set_call_defaults(
         pipe,
         num_inference_steps=cfg.student_steps,
-        guidance_scale=cfg.guidance_scale if embedded else 1.0,
+        guidance_scale=cfg.guidance_scale if embedded and not inside else 1.0,
     )
     return {
         "data": info,

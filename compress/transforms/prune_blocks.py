@@ -1,6 +1,12 @@
-"""Block removal in the manner of BK-SDM (Kim et al. 2023), written back as a standard diffusers
-UNet config (per-block `layers_per_block`, `mid_block_type: null`, per-block transformer depth)
-with the surviving weights copied over, so the result loads with plain diffusers."""
+"""Block removal written back as a standard diffusers config with the surviving weights copied
+over, so the result loads with plain diffusers.
+
+UNets: BK-SDM (Kim et al. 2023) residual/attention pairs, mid block or innermost stage
+(per-block `layers_per_block`, `mid_block_type: null`, per-block transformer depth).
+Diffusion transformers (PixArt, SD3, Sana): whole transformer blocks, by preset (every k-th, the
+last n) or by measured importance (TinyFusion, Fang et al. 2024; ShortGPT, Men et al. 2024),
+written as `num_layers` with the kept blocks renumbered.
+"""
 
 from __future__ import annotations
 
@@ -11,24 +17,32 @@ from pydantic import Field, field_validator, model_validator
 
 from compress.context import RunContext
 from compress.errors import CompressError, RestoreMismatch
+from compress.quantize_calibration import Calibration
+from compress.transforms import _dit
 from compress.transforms._block_plan import new_config, old_key, plan, preset_names, stage_pairs
 from compress.transforms._unet import FEATURE_PAIRS, as_list, count_params
 from compress.transforms.base import Metadata, Stage, TransformConfig, register_transform
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline, UNet2DConditionModel
+    from torch import nn
 
-_NAME = re.compile(r"^(mid_block|(down|up)_blocks\.\d+(\.\d+)?)$")
+_NAME = re.compile(r"^(mid_block|(down|up)_blocks\.\d+(\.\d+)?|transformer_blocks\.\d+)$")
 _BLOCK = re.compile(r"^((down|up)_blocks\.\d+|mid_block)$")
 
 
 class PruneBlocksConfig(TransformConfig):
-    """Which residual/attention pairs, mid block or innermost stage to remove.
+    """Which blocks to remove.
 
-    Names: `down_blocks.I.K` / `up_blocks.J.K` (pair K: resnets.K with attentions.K),
+    UNet names: `down_blocks.I.K` / `up_blocks.J.K` (pair K: resnets.K with attentions.K),
     `mid_block`, and `down_blocks.I` with `up_blocks.0` for the innermost stage. Presets resolve
     on the model: base keeps one pair per down block and the first and last per up block;
     small also removes the mid block; tiny also the innermost stage.
+
+    Transformer names: `transformer_blocks.N`. `every: k` removes every k-th block and `last: n`
+    the n blocks before the final one (both keep the first and the last block); `importance: n`
+    removes the n blocks whose removal alone changes the output least on calibration calls
+    (`calibration`: trajectories of the run's prompts). SD3's last block always stays.
     """
 
     kind: Literal["prune_blocks"] = "prune_blocks"
@@ -36,6 +50,12 @@ class PruneBlocksConfig(TransformConfig):
     remove: tuple[str, ...] = ()
     # block -> transformer layers each of its attentions keeps (the first ones); for SDXL.
     transformer_depth: dict[str, int] = Field(default_factory=dict)
+    every: int | None = Field(None, ge=2, le=1000)
+    last: int | None = Field(None, ge=1, le=1000)
+    importance: int | None = Field(None, ge=1, le=1000)
+    calibration: Calibration = Field(
+        default_factory=lambda: Calibration(prompts=4, timesteps=4, steps=8)
+    )
 
     @field_validator("remove")
     @classmethod
@@ -44,7 +64,8 @@ class PruneBlocksConfig(TransformConfig):
         if bad:
             raise ValueError(
                 f"{bad} are not block names; use down_blocks.I.K, up_blocks.J.K, "
-                "mid_block, or down_blocks.I with up_blocks.0 for a whole stage"
+                "mid_block, or down_blocks.I with up_blocks.0 for a whole stage (UNets), "
+                "transformer_blocks.N (diffusion transformers)"
             )
         if len(set(value)) != len(value):
             raise ValueError("names appear twice")
@@ -62,16 +83,42 @@ class PruneBlocksConfig(TransformConfig):
 
     @model_validator(mode="after")
     def _something(self) -> PruneBlocksConfig:
-        if self.preset is None and not self.remove and not self.transformer_depth:
-            raise ValueError("nothing to prune: give a preset, remove or transformer_depth")
+        dit = self.every or self.last or self.importance
+        if self.preset is None and not self.remove and not self.transformer_depth and not dit:
+            raise ValueError(
+                "nothing to prune: give a preset, remove or transformer_depth (UNets), every, "
+                "last, importance or remove (transformers)"
+            )
+        unet = (
+            self.preset
+            or self.transformer_depth
+            or any(not n.startswith("transformer_blocks") for n in self.remove)
+        )
+        if unet and (dit or any(n.startswith("transformer_blocks") for n in self.remove)):
+            raise ValueError(
+                "preset, transformer_depth and UNet block names apply to UNets; every, last, "
+                "importance and transformer_blocks.N to diffusion transformers: not both"
+            )
         return self
+
+    def for_transformers(self) -> bool:
+        return bool(
+            self.every
+            or self.last
+            or self.importance
+            or any(n.startswith("transformer_blocks") for n in self.remove)
+        )
 
 
 def _prune(pipe: DiffusionPipeline, names: list[str], depth: dict[str, int]) -> Metadata:
     import torch
     from diffusers import UNet2DConditionModel
 
-    unet = pipe.unet
+    from compress.models.denoiser import require_unet
+
+    unet = require_unet(
+        pipe, "prune_blocks with UNet block names", "every, last, importance, transformer_blocks.N"
+    )
     if getattr(unet, "_compress_channels_pruned", False):
         raise CompressError("prune_blocks must run before prune_channels in a recipe")
     layout = plan(unet, names, depth)
@@ -118,9 +165,78 @@ def resolve(unet: UNet2DConditionModel, cfg: PruneBlocksConfig) -> list[str]:
     return names + [x for x in cfg.remove if x not in names]
 
 
+def _transformer(pipe: DiffusionPipeline) -> nn.Module:
+    from compress.models.denoiser import denoiser
+
+    net = denoiser(pipe)
+    if not hasattr(net, _dit.BLOCKS) or hasattr(net, "down_blocks"):
+        raise CompressError(
+            f"prune_blocks with every, last, importance or transformer_blocks.N applies to "
+            f"diffusion transformers (PixArt, SD3, Sana), not {type(net).__name__}; for a UNet "
+            "use a preset or UNet block names"
+        )
+    return net
+
+
+def _prune_transformer(pipe: DiffusionPipeline, removed: list[int]) -> Metadata:
+    from compress.models.denoiser import denoiser_attr
+
+    net = _transformer(pipe)
+    new = _dit.remove_blocks(net, removed)
+    kept = [i for i in range(_dit.num_blocks(net)) if i not in set(removed)]
+    pipe.register_modules(**{denoiser_attr(pipe): new})
+    setattr(new, FEATURE_PAIRS, _dit.block_pairs(kept))
+    return {
+        "removed": [f"{_dit.BLOCKS}.{i}" for i in sorted(removed)],
+        "before": {"num_layers": _dit.num_blocks(net), "params": count_params(net)},
+        "params": count_params(new),
+        "num_layers": len(kept),
+    }
+
+
+def _transformer_removal(
+    pipe: DiffusionPipeline, cfg: PruneBlocksConfig, ctx: RunContext
+) -> tuple[list[int], Metadata]:
+    """Blocks the config removes from this transformer, and what importance measured."""
+    net = _transformer(pipe)
+    named = [int(n.split(".")[1]) for n in cfg.remove]
+    removed = sorted(set(_dit.preset_blocks(net, cfg.every, cfg.last)) | set(named))
+    _dit.check_removal(net, removed)
+    extra: Metadata = {}
+    if cfg.importance:
+        from compress.quantize_calibration import calibration_calls
+
+        calls = calibration_calls(pipe, cfg.calibration, ctx)
+        scores = _dit.block_importance(net, calls)
+        left = sorted((s, i) for i, s in scores.items() if i not in removed)
+        if cfg.importance > len(left) or len(removed) + cfg.importance >= _dit.num_blocks(net):
+            raise CompressError(
+                f"prune_blocks importance={cfg.importance}: only {len(left)} more blocks can go "
+                "and at least one must stay"
+            )
+        removed = sorted(removed + [i for _, i in left[: cfg.importance]])
+        extra = {
+            "importance": {f"{_dit.BLOCKS}.{i}": round(s, 6) for i, s in sorted(scores.items())},
+            "calibration": {**cfg.calibration.model_dump(), "seed": ctx.seed},
+        }
+    return removed, extra
+
+
 def _restore(pipe: DiffusionPipeline, cfg: PruneBlocksConfig, metadata: Metadata) -> None:
-    unet = pipe.unet
+    from compress.models.denoiser import denoiser
+
+    unet = denoiser(pipe)
     before = metadata.get("before", {})
+    if cfg.for_transformers():
+        _transformer(pipe)
+        have = {"num_layers": _dit.num_blocks(unet), "params": count_params(unet)}
+        if before != have:
+            raise RestoreMismatch(
+                f"prune_blocks was recorded on a transformer with {before}; this one has {have}"
+            )
+        removed = [int(n.split(".")[1]) for n in metadata["removed"]]
+        _prune_transformer(pipe, removed)
+        return
     got = as_list(unet.config.layers_per_block, len(unet.config.down_block_types))
     if before.get("layers_per_block") != got or before.get("params") != count_params(unet):
         raise RestoreMismatch(
@@ -135,5 +251,13 @@ def _restore(pipe: DiffusionPipeline, cfg: PruneBlocksConfig, metadata: Metadata
 def apply_prune_blocks(
     pipe: DiffusionPipeline, cfg: PruneBlocksConfig, ctx: RunContext
 ) -> Metadata:
-    """Remove the configured blocks and rebuild the UNet from a standard config."""
-    return _prune(pipe, resolve(pipe.unet, cfg), dict(cfg.transformer_depth))
+    """Remove the configured blocks and rebuild the denoiser from a standard config."""
+    if cfg.for_transformers():
+        removed, extra = _transformer_removal(pipe, cfg, ctx)
+        return {**_prune_transformer(pipe, removed), **extra}
+    from compress.models.denoiser import require_unet
+
+    unet = require_unet(
+        pipe, "prune_blocks with a preset or UNet block names", "every, last or importance"
+    )
+    return _prune(pipe, resolve(unet, cfg), dict(cfg.transformer_depth))

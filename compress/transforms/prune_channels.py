@@ -1,5 +1,10 @@
-"""Structured channel pruning of the UNet with torch-pruning's dependency graph (DepGraph, Fang
-et al. 2023), magnitude or Taylor importance (Diff-Pruning, Fang et al. 2023)."""
+"""Structured channel pruning with torch-pruning's dependency graph (DepGraph, Fang et al. 2023),
+magnitude or Taylor importance (Diff-Pruning, Fang et al. 2023).
+
+UNets: every prunable group (convolutions, attention, skip connections). Diffusion transformers
+(PixArt, SD3): the feed-forward hidden width and the attention heads' width (or whole heads)
+inside each block; the residual stream every block reads and writes keeps its width.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from pydantic import Field, field_validator
 
 from compress.context import RunContext
 from compress.errors import CompressError, MissingExtra, RestoreMismatch
+from compress.transforms import _dit
 from compress.transforms._channel_groups import (
     check_groups,
     head_dims,
@@ -30,6 +36,11 @@ if TYPE_CHECKING:
     from torch import nn
 
 PROTECTED = ("conv_in", "time_proj", "time_embedding", "add_embedding", "conv_norm_out", "conv_out")
+# the layers whose output channels a transformer block may lose: attention query/key/value
+# projections (image and SD3's text stream) and the first feed-forward projection
+_DIT_ROOTS = re.compile(
+    r"^transformer_blocks\.\d+\.(attn\d*\.(to_[qkv]|add_[qkv]_proj)|ff(_context)?\.net\.0\.proj)$"
+)
 
 
 class PruneChannelsConfig(TransformConfig):
@@ -71,8 +82,16 @@ class PruneChannelsConfig(TransformConfig):
 
 
 def _ignored(unet: nn.Module, patterns: tuple[str, ...]) -> list[nn.Module]:
+    from torch import nn
+
     names = dict(unet.named_modules())
     out = []
+    if not hasattr(unet, "down_blocks"):  # a transformer: only block-internal widths go
+        out = [
+            m
+            for n, m in names.items()
+            if isinstance(m, nn.Linear | nn.Conv2d) and not _DIT_ROOTS.match(n)
+        ]
     for pat in patterns:
         hits = (
             [m for n, m in names.items() if n and re.fullmatch(pat[3:], n)]
@@ -88,9 +107,14 @@ def _ignored(unet: nn.Module, patterns: tuple[str, ...]) -> list[nn.Module]:
 
 
 def _stage_ratios(unet: UNet2DConditionModel, cfg: PruneChannelsConfig) -> dict[nn.Module, float]:
-    n = len(unet.down_blocks)
     if cfg.stage_ratios is None:
         return {}
+    if not hasattr(unet, "down_blocks"):
+        raise CompressError(
+            f"prune_channels: stage_ratios name UNet stages; {type(unet).__name__} has "
+            "transformer blocks: give one ratio"
+        )
+    n = len(unet.down_blocks)
     if len(cfg.stage_ratios) != n:
         raise CompressError(
             f"stage_ratios has {len(cfg.stage_ratios)} values but this UNet has {n} stages"
@@ -108,21 +132,22 @@ def _taylor_grads(pipe: DiffusionPipeline, cfg: PruneChannelsConfig, ctx: RunCon
     """Accumulate gradients of the denoising loss on latents the pipeline generates itself."""
     import torch
 
+    from compress.models.denoiser import denoiser
     from compress.train.data import calibration_prompts, teacher_latents
-    from compress.train.diffusion import encode_prompts, noisy, training_scheduler, unet_kwargs
+    from compress.train.diffusion import encode_prompts, noisy, predict, training_scheduler
 
     prompts = calibration_prompts(pipe, ctx, cfg.calibration_prompts)
     latents = teacher_latents(pipe, prompts, ctx.seed, cfg.calibration_steps)
     cond = encode_prompts(pipe, prompts)
     sched = training_scheduler(pipe)
     gen = torch.Generator().manual_seed(ctx.seed)
-    unet = pipe.unet
+    unet = denoiser(pipe)
     unet.zero_grad(set_to_none=True)
     for i in range(0, len(prompts), 8):
         sl = slice(i, i + 8)
         x_t, t, target = noisy(sched, latents[sl].to(unet.device, unet.dtype), gen)
         c = {k: v[sl].to(unet.device, unet.dtype) for k, v in cond.items()}
-        pred = unet(x_t, t, **unet_kwargs(c), return_dict=False)[0]
+        pred = predict(unet, x_t, t, c)
         torch.nn.functional.mse_loss(pred.float(), target.float()).backward()
 
 
@@ -144,7 +169,7 @@ def _build_pruner(unet: UNet2DConditionModel, cfg: PruneChannelsConfig, tp: Any)
     )
     return tp.pruner.MetaPruner(
         unet,
-        example_inputs(unet),
+        _inputs(unet),
         importance=imp,
         pruning_ratio=cfg.ratio,
         pruning_ratio_dict=_stage_ratios(unet, cfg),
@@ -160,6 +185,27 @@ def _build_pruner(unet: UNet2DConditionModel, cfg: PruneChannelsConfig, tp: Any)
     )
 
 
+def _inputs(net: nn.Module) -> dict[str, Any]:
+    return example_inputs(net) if hasattr(net, "down_blocks") else _dit.example_inputs(net)
+
+
+def _denoiser(pipe: DiffusionPipeline) -> nn.Module:
+    """The UNet, or a PixArt or SD3 transformer (Sana's convolutional feed-forward and linear
+    attention are not groups torch-pruning's graph follows)."""
+    from compress.models.denoiser import denoiser
+
+    net = denoiser(pipe)
+    if not hasattr(net, "down_blocks") and type(net).__name__ not in (
+        "PixArtTransformer2DModel",
+        "SD3Transformer2DModel",
+    ):
+        raise CompressError(
+            f"prune_channels applies to UNets and PixArt or SD3 transformers, not "
+            f"{type(net).__name__}; remove whole blocks with prune_blocks instead"
+        )
+    return net
+
+
 def _torch_pruning() -> Any:
     try:
         import torch_pruning as tp
@@ -170,7 +216,7 @@ def _torch_pruning() -> Any:
 
 def _prune(pipe: DiffusionPipeline, cfg: PruneChannelsConfig, ctx: RunContext) -> Metadata:
     tp = _torch_pruning()
-    unet = pipe.unet
+    unet = _denoiser(pipe)
     check_groups(unet, [cfg.ratio, *(cfg.stage_ratios or ())])
     _ignored(unet, cfg.ignore)  # names and stage count are checked before any work
     _stage_ratios(unet, cfg)
@@ -196,7 +242,7 @@ def _prune(pipe: DiffusionPipeline, cfg: PruneChannelsConfig, ctx: RunContext) -
 
 def _restore(pipe: DiffusionPipeline, cfg: PruneChannelsConfig, metadata: Metadata) -> None:
     tp = _torch_pruning()
-    unet = pipe.unet
+    unet = _denoiser(pipe)
     if count_params(unet) != metadata.get("params_before"):
         raise RestoreMismatch(
             f"prune_channels was recorded on a UNet with "
@@ -205,7 +251,7 @@ def _restore(pipe: DiffusionPipeline, cfg: PruneChannelsConfig, metadata: Metada
         )
     dims = head_dims(unet)
     with traceable(unet):
-        dg = tp.DependencyGraph().build_dependency(unet, example_inputs(unet), forward_fn=forward)
+        dg = tp.DependencyGraph().build_dependency(unet, _inputs(unet), forward_fn=forward)
     todo = []
     for g in metadata["groups"]:
         mod = unet.get_submodule(g["root"])

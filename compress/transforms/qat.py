@@ -96,10 +96,11 @@ def apply_qat(pipe: DiffusionPipeline, cfg: QATConfig, ctx: RunContext) -> Metad
     from torchao.quantization.qat import QATConfig as AOQATConfig
 
     from compress.backends import torchao
+    from compress.models.denoiser import denoiser, denoiser_attr
     from compress.train import TrainSettings, train
-    from compress.train.diffusion import noisy, training_scheduler, unet_kwargs
+    from compress.train.diffusion import noisy, predict, training_scheduler
 
-    unet = pipe.unet
+    unet = denoiser(pipe)
     assign, protected = resolve(unet, QuantizeConfig(rules=cfg.rules, protect=cfg.protect))
     bad = sorted({f for f in assign.values() if f not in QAT_FORMATS})
     if bad or not assign:
@@ -116,10 +117,10 @@ def apply_qat(pipe: DiffusionPipeline, cfg: QATConfig, ctx: RunContext) -> Metad
 
     def loss_fn(student: Any, frozen: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         x_t, t, _ = noisy(scheduler, batch["latents"], gen)
-        cond = unet_kwargs({k: v for k, v in batch.items() if k != "latents"})
+        cond = {k: v for k, v in batch.items() if k != "latents"}
         with torch.no_grad():
-            target = frozen(x_t, t, **cond).sample
-        return F.mse_loss(student(x_t, t, **cond).sample, target)
+            target = predict(frozen, x_t, t, cond)
+        return F.mse_loss(predict(student, x_t, t, cond), target)
 
     settings = TrainSettings(steps=cfg.steps, lr=cfg.lr, seed=ctx.seed, description="qat")
     result = train(
@@ -127,7 +128,7 @@ def apply_qat(pipe: DiffusionPipeline, cfg: QATConfig, ctx: RunContext) -> Metad
     )
     unet.eval()
     quantize_(unet, AOQATConfig(step="convert"))  # fake-quantized layers back to nn.Linear
-    pipe.register_modules(unet=torchao.quantize(unet, assign))
+    pipe.register_modules(**{denoiser_attr(pipe): torchao.quantize(unet, assign)})
     return {
         "backend": "torchao",
         "modules": dict(sorted(assign.items())),

@@ -20,8 +20,30 @@ if TYPE_CHECKING:
     from compress.recipe import Scores
 
 # Layers whose error reaches every pixel at every step stay in full precision unless overridden:
-# the first and last convolutions and the timestep (and SDXL's added-condition) embeddings.
+# a UNet's first and last convolutions and timestep (and SDXL's added-condition) embeddings; a
+# diffusion transformer's patch embedding, output projection and norm, timestep and caption
+# embeddings (and an added guidance embedding).
 PROTECTED = ("conv_in", "conv_out", "time_embedding", "add_embedding")
+PROTECTED += (
+    "pos_embed",
+    "patch_embed",
+    "proj_out",
+    "norm_out",
+    "adaln_single",
+    "time_embed",
+    "time_text_embed",
+    "caption_projection",
+    "context_embedder",
+    "compress_guidance",
+)
+# block groups a rule may name by one field: UNet stages, or the parts of transformer blocks
+GROUPS = {
+    "down_blocks": r"down_blocks\..*",
+    "mid_block": r"mid_block\..*",
+    "up_blocks": r"up_blocks\..*",
+    "attention": r"transformer_blocks\.\d+\.attn\d*\..*",
+    "feed_forward": r"transformer_blocks\.\d+\.ff(_context)?\..*",
+}
 
 
 def _check_pattern(value: str) -> str:
@@ -63,21 +85,27 @@ class QuantizeConfig(TransformConfig):
     # inc_gptq_int4); other formats ignore it
     calibration: Calibration = Field(default_factory=Calibration)
     # one format per block group, as rules placed ahead of `rules` (what search knobs set);
-    # None adds no rule, "none" keeps the group in full precision
+    # None adds no rule, "none" keeps the group in full precision. UNets: down_blocks,
+    # mid_block, up_blocks; diffusion transformers: attention (every block's attention
+    # projections) and feed_forward (every block's feed-forward layers)
     down_blocks: FormatName | Literal["none"] | None = None
     mid_block: FormatName | Literal["none"] | None = None
     up_blocks: FormatName | Literal["none"] | None = None
+    attention: FormatName | Literal["none"] | None = None
+    feed_forward: FormatName | Literal["none"] | None = None
 
     @field_validator("protect")
     @classmethod
     def _protect(cls, value: list[str]) -> list[str]:
         return [_check_pattern(v) for v in value]
 
+    def groups(self) -> dict[str, str]:
+        """The block-group fields that are set: group -> format."""
+        return {g: getattr(self, g) for g in GROUPS if getattr(self, g) is not None}
+
     def all_rules(self) -> list[Rule]:
         """The block-group rules, then `rules`: the order in which they are matched."""
-        groups = {"down_blocks": self.down_blocks, "mid_block": self.mid_block}
-        groups["up_blocks"] = self.up_blocks
-        blocks = [Rule(match=f"re:{g}\\..*", format=f) for g, f in groups.items() if f]
+        blocks = [Rule(match=f"re:{GROUPS[g]}", format=f) for g, f in self.groups().items()]
         return blocks + list(self.rules)
 
     def saves_natively(self) -> bool:
@@ -106,6 +134,14 @@ def resolve(model: nn.Module, cfg: QuantizeConfig) -> tuple[dict[str, str], list
     Raises on a rule that selects no Linear layer (a typo, or another architecture) and on a rule
     that names a protected or non-Linear module directly.
     """
+    unet = hasattr(model, "down_blocks")
+    wrong = [g for g in cfg.groups() if (g in ("attention", "feed_forward")) == unet]
+    if wrong:
+        fits = "down_blocks, mid_block, up_blocks" if unet else "attention, feed_forward"
+        raise CompressError(
+            f"quantize: {', '.join(wrong)} name block groups of another denoiser class; "
+            f"{type(model).__name__} has {fits}"
+        )
     linears = linear_layers(model)
     modules = dict(model.named_modules())
     protected = sorted(n for n in linears if any(_covers(p, n) for p in cfg.protect))
@@ -127,7 +163,13 @@ def resolve(model: nn.Module, cfg: QuantizeConfig) -> tuple[dict[str, str], list
                 )
         hits = [n for n in linears if _covers(rule.match, n)]
         if not hits:
-            raise CompressError(f"{where} selects no Linear layer of the denoiser")
+            group = next((g for g, f in cfg.groups().items() if GROUPS[g] == rule.match[3:]), None)
+            raise CompressError(
+                f"quantize: {group} selects no Linear layer of {type(model).__name__} (its "
+                "layers there are convolutions, which stay in full precision)"
+                if group
+                else f"{where} selects no Linear layer of the denoiser"
+            )
         for name in hits:
             if name not in protected and name not in assign:
                 assign[name] = rule.format
@@ -152,7 +194,9 @@ def backend_module(backend: str) -> Any:
 
 
 def _quantize(pipe: DiffusionPipeline, cfg: QuantizeConfig, ctx: RunContext) -> Metadata:
-    unet = pipe.unet
+    from compress.models.denoiser import denoiser, denoiser_attr
+
+    unet = denoiser(pipe)
     assign, protected = resolve(unet, cfg)
     if not assign:
         raise CompressError("the rules quantize no layer (every match has format 'none')")
@@ -177,7 +221,7 @@ def _quantize(pipe: DiffusionPipeline, cfg: QuantizeConfig, ctx: RunContext) -> 
                 "timesteps_kept": timesteps_of(calls),
             }
         new = module.quantize(unet, assign, run)
-    pipe.register_modules(unet=new)
+    pipe.register_modules(**{denoiser_attr(pipe): new})
     return {
         "backend": backend,
         "modules": dict(sorted(assign.items())),
@@ -189,19 +233,24 @@ def _quantize(pipe: DiffusionPipeline, cfg: QuantizeConfig, ctx: RunContext) -> 
 
 
 def _check_resolves(pipe: DiffusionPipeline, cfg: QuantizeConfig, metadata: Metadata) -> None:
-    assign, _ = resolve(pipe.unet, cfg)
+    from compress.models.denoiser import denoiser
+
+    assign, _ = resolve(denoiser(pipe), cfg)
     if assign != metadata["modules"]:
         diff = sorted(set(assign.items()) ^ set(metadata["modules"].items()))
         raise RestoreMismatch(f"quantize: rules resolve differently on this model: {diff[:5]}")
 
 
 def _restore(pipe: DiffusionPipeline, cfg: QuantizeConfig, metadata: Metadata) -> None:
+    from compress.models.denoiser import denoiser
+
+    net = denoiser(pipe)
     backend = backend_module(metadata.get("backend", "torchao"))
-    loaded = getattr(pipe.unet, "hf_quantizer", None) is not None
+    loaded = getattr(net, "hf_quantizer", None) is not None
     if metadata.get("backend") == "neural_compressor":
-        loaded = bool(backend.quantized_names(pipe.unet))
+        loaded = bool(backend.quantized_names(net))
     if loaded:  # loaded already quantized
-        got = sorted(backend.quantized_names(pipe.unet))
+        got = sorted(backend.quantized_names(net))
         if got != sorted(metadata["modules"]):
             raise RestoreMismatch(
                 f"quantize: the loaded denoiser has quantized layers {got} but the recipe "
@@ -223,9 +272,10 @@ def _on_load(pipe: DiffusionPipeline, cfg: QuantizeConfig, metadata: Metadata) -
     if metadata.get("backend") != "neural_compressor":
         return
     from compress.backends import neural_compressor
+    from compress.models.denoiser import denoiser
 
     _check_resolves(pipe, cfg, metadata)
-    neural_compressor.shells(pipe.unet, metadata["modules"])
+    neural_compressor.shells(denoiser(pipe), metadata["modules"])
 
 
 @register_transform(QuantizeConfig, stage=Stage.numeric, restore=_restore, on_load=_on_load)
@@ -237,12 +287,11 @@ def apply_quantize(pipe: DiffusionPipeline, cfg: QuantizeConfig, ctx: RunContext
 NOT_FASTER = "quantized-but-not-faster"
 
 
-def flag_if_not_faster(candidate: Scores, parent: Scores) -> Scores:
-    """Add `quantized-but-not-faster` unless the candidate beats its unquantized parent's median
-    latency by more than the parent's run-to-run spread (same device and settings assumed)."""
-    if candidate.latency_ms is None or parent.latency_ms is None:
-        raise CompressError("both the quantized candidate and its parent need a measured latency")
-    noise = parent.latency_spread_ms or 0.0
-    faster = candidate.latency_ms < parent.latency_ms - noise
+def flag_if_not_faster(candidate: Scores) -> Scores:
+    """Add `quantized-but-not-faster` unless the paired speed-up over the unquantized parent has
+    its whole 95% interval above 1 (`parent_speedup_ci`, measured in alternating rounds)."""
+    if candidate.parent_speedup_ci is None:
+        raise CompressError("the quantized candidate needs a paired speed-up over its parent")
+    faster = candidate.parent_speedup_ci[0] > 1.0
     flags = [f for f in candidate.flags if f != NOT_FASTER] + ([] if faster else [NOT_FASTER])
     return candidate.model_copy(update={"flags": flags})

@@ -48,12 +48,18 @@ class Row(BaseModel):
 
 
 def blocks(pipe: DiffusionPipeline, protect: list[str] | None = None) -> list[str]:
-    """The denoiser's top-level blocks that hold quantizable (unprotected Linear) layers."""
-    unet = pipe.unet
+    """The denoiser's top-level blocks that hold quantizable (unprotected Linear) layers: a
+    UNet's down, mid and up blocks, a diffusion transformer's transformer blocks."""
+    from compress.models.denoiser import denoiser
+
+    unet = denoiser(pipe)
     protect = list(PROTECTED) if protect is None else protect
-    names = [f"down_blocks.{i}" for i in range(len(unet.down_blocks))]
-    names += ["mid_block"] if getattr(unet, "mid_block", None) is not None else []
-    names += [f"up_blocks.{i}" for i in range(len(unet.up_blocks))]
+    if hasattr(unet, "down_blocks"):
+        names = [f"down_blocks.{i}" for i in range(len(unet.down_blocks))]
+        names += ["mid_block"] if getattr(unet, "mid_block", None) is not None else []
+        names += [f"up_blocks.{i}" for i in range(len(unet.up_blocks))]
+    else:
+        names = [f"transformer_blocks.{i}" for i in range(len(unet.transformer_blocks))]
     out = []
     for name in names:
         cfg = QuantizeConfig(rules=[{"match": name, "format": "int8_dynamic"}], protect=protect)
@@ -77,6 +83,7 @@ def sensitivity(
     """Rows for the full-precision baseline and each (block, format), one block quantized."""
     from compress.evaluate.quality import get_metric
     from compress.evaluate.run import generate_images, place
+    from compress.models.denoiser import denoiser, denoiser_attr
 
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
@@ -87,7 +94,7 @@ def sensitivity(
         backend = backend_module(FORMATS[fmt].backend)
         for name in names:
             cfg = QuantizeConfig(rules=[{"match": name, "format": fmt}], protect=protect)
-            backend.check(pipe.unet, resolve(pipe.unet, cfg)[0], settings.device)
+            backend.check(denoiser(pipe), resolve(denoiser(pipe), cfg)[0], settings.device)
     metric = metric or get_metric(settings.metric, device=settings.device)
     prompts, seeds = metric.prompts(settings.num_prompts)
     seeds = [s + settings.seed for s in seeds]
@@ -111,13 +118,13 @@ def sensitivity(
             metric_version=metric.version,
         )
     ]
-    original = pipe.unet
+    original, attr = denoiser(pipe), denoiser_attr(pipe)
     try:
         for fmt in formats:
             for name in names:
                 if progress:
                     progress(f"{name} -> {fmt}")
-                pipe.register_modules(unet=copy.deepcopy(original))
+                pipe.register_modules(**{attr: copy.deepcopy(original)})
                 cfg = QuantizeConfig(rules=[{"match": name, "format": fmt}], protect=protect)
                 meta = apply_quantize(pipe, cfg, RunContext(device=settings.device))
                 q = score(generate_images(pipe, prompts, seeds, settings))
@@ -133,7 +140,7 @@ def sensitivity(
                     )
                 )
     finally:
-        pipe.register_modules(unet=original)
+        pipe.register_modules(**{attr: original})
     return rows
 
 

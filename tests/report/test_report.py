@@ -19,6 +19,7 @@ POINTS = {
     2: (30.0, 0.50, "stopped"),
     3: (10.0, 0.20, "complete"),
     4: (None, None, "failed"),
+    5: (78.0, 0.95, "complete"),  # best quality, but its speed-up interval reaches 1
 }
 
 
@@ -37,7 +38,7 @@ def run(tmp_path):
             "space": "tiny.yaml",
             "metric": "fidelity",
             "sampler": "tpe",
-            "trials": 5,
+            "trials": 6,
             "max_concurrent": 2,
             "max_latency": 35.0,
             "min_quality": None,
@@ -78,10 +79,14 @@ def run(tmp_path):
                 recipe=recipe.name,
                 transforms=[t.model_dump() for t in recipe.transforms],
                 latency_ms=lat,
+                reference_latency_ms=80.0 if lat else None,
+                speedup=80.0 / lat if lat else None,
+                speedup_ci=[72.0 / lat, 88.0 / lat] if lat else None,
                 quality=q,
                 constraints={"max_latency": lat - 35.0} if lat else {},
                 error="ValueError: boom" if state == "failed" else None,
                 components_ms={"denoiser": (lat or 0) * 0.8, "vae_decode": (lat or 0) * 0.2},
+                reference_components_ms={"denoiser": 70.0, "vae_decode": 10.0},
                 times={"stage1": 1.0, "stage2": 4.0, "trial": 6.0, "wall": 6.5},
             ),
         )
@@ -94,7 +99,8 @@ def test_report_is_one_self_contained_page(run):
     assert path == run / "report.html"
     assert "plotly.js v" in page  # the library itself is inline
     assert not re.search(r"<script[^>]+src=", page) and "<link" not in page  # nothing fetched
-    # Front: trial 0 breaks max_latency (infeasible), 2 stopped, 4 failed -> trials 3 and 1.
+    # Front: trial 0 breaks max_latency (infeasible), 2 stopped, 4 failed, 5 is no faster than
+    # the baseline (its interval reaches 1) -> trials 3 and 1.
     assert page.count("class='card'") == 2
     assert "id='trial-0001'" in page and "id='trial-0003'" in page
     assert "id='trial-0000'" not in page
@@ -103,6 +109,8 @@ def test_report_is_one_self_contained_page(run):
     assert "uncompressed baseline" in page and "Pareto front (2)" in page
     assert "infeasible (breaks a constraint)" in page and "ValueError: boom" in page
     assert "steps=2" in page  # the recipe's transform parameters
+    assert "8.00x [7.20, 8.80]" in page  # trial 3's paired speed-up with its interval
+    assert "no faster than the baseline" in page
     assert (run / "recipes" / "tiny-t0003.yaml").is_file()  # the front, written as recipes
 
 

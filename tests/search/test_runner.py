@@ -62,12 +62,19 @@ def test_search_keeps_every_trial_and_writes_the_front(first_run):
         else:
             assert r.params["scheduler"] != "pndm"
             assert r.latency_ms > 0 and r.times["trial"] > 0
+            # paired against the baseline's own call (50 steps here) in the trial's worker
+            assert r.reference_latency_ms > r.latency_ms and r.speedup > 1
+            low, high = r.speedup_ci
+            assert low <= r.speedup <= high
             assert r.duplicate_of is not None or list((folder / "images").glob("*.png"))
     # The front: appliable recipes carrying their scores and settings.
     recipes = sorted((run / "recipes").glob("*.yaml"))
     assert len(recipes) == len(summary["front"]) >= 1
     recipe = load_recipe(recipes[0])
     assert recipe.scores.latency_ms > 0 and recipe.scores.settings["num_prompts"] == 2
+    assert recipe.scores.speedup_ci[0] > 1 and recipe.scores.reference["rounds"] == 2
+    for entry in summary["front"]:
+        assert entry["speedup_ci"][0] > 1 and entry["transforms"] == ["sampler"]
     assert recipe.scores.quality_metric == "fidelity" and recipe.base is not None
     assert recipe.provenance.run_id == run.name
     assert summary["hypervolume"] >= 0

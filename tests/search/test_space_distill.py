@@ -7,7 +7,8 @@ import yaml
 from optuna.trial import FixedTrial
 
 from compress.recipe import parse_recipe
-from compress.search.space import SPACES_DIR, load_space, parse_space
+from compress.search.space import load_space, parse_space
+from compress.shipped import SPACES_DIR
 
 
 def kinds(recipe) -> list[str]:

@@ -1,32 +1,18 @@
-"""Quantized candidates are compared with their unquantized parent; no faster -> flagged plainly."""
+"""Quantized candidates are compared with their unquantized parent, paired; no faster -> flagged
+plainly."""
 
 from __future__ import annotations
 
-import logging
+import pytest
 
+from compress.errors import CompressError
 from compress.recipe import Recipe, Scores
 from compress.search.ledger import TrialRecord
-from compress.search.speed import flag_scores, parent_latency, parent_transforms
-from compress.search.trial import TrialJob
+from compress.search.speed import flag_scores, parent_transforms
 from compress.transforms.quantize import NOT_FASTER
 
 QUANT = {"kind": "quantize", "rules": [{"match": "mid_block", "format": "int8_weight_only"}]}
 SAMPLER = {"kind": "sampler", "steps": 2}
-LOG = logging.getLogger("test")
-
-
-def job(model: str, baseline: tuple[float, float] | None = None) -> TrialJob:
-    settings = {"steps": 2, "timed_runs": 2, "warmup": 0, "metric": "fidelity", "threads": 1}
-    return TrialJob(
-        run="r",
-        run_id="r",
-        model=model,
-        space={},
-        space_source="s",
-        settings=settings,
-        stage_prompts=None,
-        baseline_latency=baseline,
-    )
 
 
 def test_parent_is_the_recipe_without_quantization() -> None:
@@ -36,31 +22,35 @@ def test_parent_is_the_recipe_without_quantization() -> None:
     assert parent_transforms(Recipe(name="c", transforms=[SAMPLER])) is None
 
 
-def test_baseline_is_the_parent_of_a_pure_quantization_and_flags_a_slower_candidate(
-    tiny_dir,
-) -> None:
-    parent = parent_latency(
-        job(str(tiny_dir), (50.0, 2.0)), Recipe(name="q", transforms=[QUANT]), LOG
-    )
-    assert parent == Scores(latency_ms=50.0, latency_spread_ms=2.0)
-    assert NOT_FASTER in flag_scores(Scores(latency_ms=55.0), parent).flags
-    assert flag_scores(Scores(latency_ms=30.0), parent).flags == []
-    assert flag_scores(Scores(latency_ms=55.0), None).flags == []  # no parent: no claim
+def test_flag_follows_the_paired_interval_against_the_parent() -> None:
+    slower = Scores(parent_speedup=0.8, parent_speedup_ci=[0.7, 0.9])
+    within_noise = Scores(parent_speedup=1.05, parent_speedup_ci=[0.97, 1.1])
+    faster = Scores(parent_speedup=1.6, parent_speedup_ci=[1.4, 1.8], flags=[NOT_FASTER, "x"])
+    assert NOT_FASTER in flag_scores(slower).flags
+    assert NOT_FASTER in flag_scores(within_noise).flags
+    assert flag_scores(faster).flags == ["x"]
+    assert flag_scores(Scores()).flags == []  # nothing quantized: no parent, no claim
+    from compress.transforms.quantize import flag_if_not_faster
 
-
-def test_a_parent_with_other_transforms_is_timed_in_the_trial(tiny_dir) -> None:
-    recipe = Recipe(name="sq", transforms=[QUANT, SAMPLER])
-    parent = parent_latency(job(str(tiny_dir), (1e9, 0.0)), recipe, LOG)  # baseline not used
-    assert parent is not None and 0 < parent.latency_ms < 1e9
-    assert parent_latency(job(str(tiny_dir)), Recipe(name="s", transforms=[SAMPLER]), LOG) is None
+    with pytest.raises(CompressError, match="paired speed-up over its parent"):
+        flag_if_not_faster(Scores())
 
 
 def test_report_says_plainly_quantized_but_no_faster() -> None:
     from compress.report.html import _trials_table
 
     flagged = TrialRecord(
-        number=3, state="complete", latency_ms=9.0, quality=0.9, scores={"flags": [NOT_FASTER]}
+        number=3,
+        state="complete",
+        speedup=2.0,
+        speedup_ci=[1.8, 2.2],
+        quality=0.9,
+        parent_speedup=0.9,
+        parent_speedup_ci=[0.8, 1.0],
+        scores={"flags": [NOT_FASTER]},
     )
-    plain = TrialRecord(number=4, state="complete", latency_ms=5.0, quality=0.9)
-    page = _trials_table([flagged, plain], set())
-    assert page.count("quantized, but no faster than its unquantized parent") == 1
+    plain = TrialRecord(number=4, state="complete", speedup=3.0, speedup_ci=[2.5, 3.5], quality=0.9)
+    slow = TrialRecord(number=5, state="complete", speedup=1.0, speedup_ci=[0.9, 1.1], quality=0.9)
+    page = _trials_table([flagged, plain, slow], set())
+    assert page.count("quantized, but no faster than its unquantized parent (0.90x") == 1
+    assert page.count("no faster than the baseline") == 1

@@ -14,7 +14,15 @@ from compress.search.runner import check_cluster, trial_resources
 from compress.search.space import parse_space
 from compress.search.staging import TrialFailed, check_finite
 from compress.search.study import DefineByRun, make_sampler, prepopulated_storage
-from compress.search.tuning import METRICS, MODES, ConstrainedOptunaSearch, Limits, StagedScheduler
+from compress.search.tuning import (
+    METRICS,
+    MODES,
+    BudgetLimiter,
+    ConstrainedOptunaSearch,
+    Limits,
+    RungScheduler,
+    rung_points,
+)
 
 SPACE = {
     "name": "t",
@@ -35,39 +43,71 @@ def test_limits_follow_optunas_sign_convention():
     assert Limits().violations(12.0, 0.7) == {}
 
 
-def test_staged_scheduler_stops_clearly_dominated_and_too_slow_candidates():
-    sched = StagedScheduler(
-        [(10.0, 0.8)], Limits(max_latency=50.0), quality_margin=0.05, latency_tolerance=0.05
+def rung(fraction, rel, quality, low=1.5, latency=10.0, stage=1):
+    return {
+        "stage": stage,
+        "training_fraction": fraction,
+        "relative_latency": rel,
+        "quality": quality,
+        "speedup_low": low,
+        "latency_ms": latency,
+    }
+
+
+def test_rung_scheduler_compares_only_points_of_the_same_rung():
+    sched = RungScheduler(
+        {0.25: [(0.2, 0.5)], 1.0: [(0.2, 0.8)]},
+        Limits(max_latency=50.0),
+        quality_margin=0.05,
+        latency_tolerance=0.05,
     )
-    decide = sched.on_trial_result
-    assert (
-        decide(None, None, {"stage": 1, "latency_ms": 10.2, "quality": 0.6}) == TrialScheduler.STOP
+    decide = lambda r: sched.on_trial_result(None, None, r)  # noqa: E731
+    stop, go = TrialScheduler.STOP, TrialScheduler.CONTINUE
+    # At a quarter of its training, 0.4 is clearly dominated by the 0.5 scored at that rung...
+    assert decide(rung(0.25, 0.21, 0.4)) == stop
+    # ...but at half its training there is nothing to meet yet: it goes on, and joins the rung.
+    assert decide(rung(0.5, 0.21, 0.4)) == go
+    assert decide(rung(0.5, 0.22, 0.3)) == stop
+    # A training-free candidate (fraction None) meets fully trained points (rung 1.0).
+    assert decide(rung(None, 0.2, 0.7)) == stop
+    assert decide(rung(None, 0.2, 0.78)) == go  # within the quality margin
+    # Never on a front: no faster than the baseline (interval reaches 1), or too slow.
+    assert decide(rung(None, 0.1, 0.99, low=0.98)) == stop
+    assert decide(rung(None, 0.1, 0.99, latency=60.0)) == stop
+    # The full evaluation and a repeated point are never stopped.
+    assert decide(rung(1.0, 0.9, 0.0, stage=2)) == go
+    assert decide({**rung(1.0, 0.9, 0.0), "duplicate_of": 2}) == go
+
+
+def test_rung_points_resume_from_the_ledger():
+    faster = TrialRecord(
+        number=0,
+        state="stopped",
+        speedup=4.0,
+        speedup_ci=[3.5, 4.5],
+        quality=0.3,
+        rungs=[{"training_fraction": 0.25, "relative_latency": 0.25, "quality": 0.3}],
     )
-    assert (
-        decide(None, None, {"stage": 1, "latency_ms": 10.0, "quality": 0.78})
-        == TrialScheduler.CONTINUE
-    )  # within the quality margin
-    assert (
-        decide(None, None, {"stage": 1, "latency_ms": 60.0, "quality": 0.99}) == TrialScheduler.STOP
-    )  # breaks --max-latency, known from stage 1
-    # A survivor's stage-1 point joins the reference set; later candidates meet it.
-    assert (
-        decide(
-            None,
-            None,
-            {
-                "stage": 2,
-                "latency_ms": 5.0,
-                "quality": 0.9,
-                "stage1_latency_ms": 5.0,
-                "stage1_quality": 0.85,
-            },
-        )
-        == TrialScheduler.CONTINUE
+    slower = faster.model_copy(update={"number": 1, "speedup_ci": [0.9, 1.2]})
+    assert rung_points([faster, slower]) == {0.25: [(0.25, 0.3)]}
+
+
+def test_time_budget_stops_new_trials_only():
+    search = BudgetLimiter(
+        ConstrainedOptunaSearch(
+            DefineByRun(parse_space(SPACE)),
+            metric=METRICS,
+            mode=MODES,
+            sampler=make_sampler("tpe", 8, 0),
+            limits=Limits(),
+        ),
+        max_concurrent=2,
+        deadline=None,
     )
-    assert (
-        decide(None, None, {"stage": 1, "latency_ms": 5.1, "quality": 0.7}) == TrialScheduler.STOP
-    )
+    assert "number" in search.suggest("a")
+    search.deadline = 0.0  # spent
+    assert search.suggest("b") == BudgetLimiter.FINISHED
+    search.on_trial_complete("a", {"relative_latency": 0.5, "quality": 0.4})  # still recorded
 
 
 def test_searcher_tells_optuna_the_constraints():
@@ -81,11 +121,11 @@ def test_searcher_tells_optuna_the_constraints():
     )
     config = search.suggest("a")
     assert set(config) >= {"scheduler", "steps", "number"}
-    search.on_trial_complete("a", {"latency_ms": 12.0, "quality": 0.5})
+    search.on_trial_complete("a", {"relative_latency": 0.5, "latency_ms": 12.0, "quality": 0.5})
     search.suggest("b")
     search.on_trial_complete("b", error=True)
     first, second = search._ot_study.trials
-    assert first.values == [12.0, 0.5] and first.constraints == {"max_latency": 2.0}
+    assert first.values == [0.5, 0.5] and first.constraints == {"max_latency": 2.0}
     assert second.state.name == "FAIL"
 
 
@@ -106,6 +146,8 @@ def test_resumed_study_holds_the_ledger_with_its_numbers():
             state="complete",
             params={"scheduler": "ddim", "steps": 3},
             latency_ms=10.0,
+            speedup=2.0,
+            speedup_ci=[1.8, 2.2],
             quality=0.5,
         ),
         TrialRecord(
@@ -116,6 +158,8 @@ def test_resumed_study_holds_the_ledger_with_its_numbers():
             state="stopped",
             params={"scheduler": "euler", "steps": 8},
             latency_ms=30.0,
+            speedup=0.8,
+            speedup_ci=[0.7, 0.9],
             quality=0.1,
         ),
     ]
@@ -127,7 +171,7 @@ def test_resumed_study_holds_the_ledger_with_its_numbers():
     study = optuna.load_study(study_name=name, storage=storage)
     trials = study.trials
     assert [t.number for t in trials] == [0, 1, 2, 3]
-    assert trials[0].values == [10.0, 0.5] and trials[0].params == {"scheduler": "ddim", "steps": 3}
+    assert trials[0].values == [0.5, 0.5] and trials[0].params == {"scheduler": "ddim", "steps": 3}
     assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "FAIL", "COMPLETE"]
     assert trials[3].constraints == {"max_latency": 10.0}  # infeasible
     assert study.ask().number == 4
@@ -190,4 +234,4 @@ def test_extending_stage_one_equals_a_full_evaluation(tiny_pipe):
     direct = evaluate(tiny_pipe, full, reference_images=refs)
     assert extended.quality == pytest.approx(direct.quality, abs=1e-9)
     assert extended.prompts == direct.prompts and len(extended.images) == 3
-    assert extended.settings["num_prompts"] == 3 and extended.latency_ms == first.latency_ms
+    assert extended.settings["num_prompts"] == 3 and first.latency_ms is None  # scored untimed

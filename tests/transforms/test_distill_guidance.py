@@ -16,8 +16,8 @@ from compress.generate import generate
 from compress.models.artifact import load_artifact, save_artifact
 from compress.models.tiny import build_tiny_pipeline
 from compress.recipe import Recipe, parse_recipe
-from compress.train.diffusion import encode_prompts, noisy, training_scheduler, unet_kwargs
-from compress.transforms._student import add_guidance_embedding, guidance_embedding, guided
+from compress.train.diffusion import encode_prompts, noisy, predict, training_scheduler
+from compress.transforms._student import add_guidance_embedding, guidance_inputs, guided
 from compress.transforms.distill_guidance import DistillGuidanceConfig, apply_distill_guidance
 from compress.transforms.prune_channels import PruneChannelsConfig
 
@@ -63,10 +63,10 @@ def test_new_embedding_starts_as_the_conditional_branch() -> None:
     add_guidance_embedding(pipe.unet, 16)
     assert pipe.unet.config.time_cond_proj_dim == 16
     x, t, cond, _ = inputs(pipe)
-    emb = guidance_embedding(pipe, pipe.unet, torch.full((8,), 5.0))
+    extra = guidance_inputs(pipe, pipe.unet, torch.full((8,), 5.0))
     with torch.no_grad():
-        got = pipe.unet(x, t, timestep_cond=emb, **unet_kwargs(cond)).sample
-        want = teacher(x, t, **unet_kwargs(cond)).sample
+        got = predict(pipe.unet, x, t, cond, **extra)
+        want = predict(teacher, x, t, cond)
     torch.testing.assert_close(got, want)
 
 
@@ -93,9 +93,8 @@ def test_student_learns_the_guided_prediction_in_one_call() -> None:
         scale = torch.full((8,), g)
         want = guided(teacher, x, t, cond, uncond, scale)
         with torch.no_grad():
-            emb = guidance_embedding(pipe, pipe.unet, scale)
-            got = pipe.unet(x, t, timestep_cond=emb, **unet_kwargs(cond)).sample
-            start = teacher.unet(x, t, **unet_kwargs(cond)).sample  # the student before training
+            got = predict(pipe.unet, x, t, cond, **guidance_inputs(pipe, pipe.unet, scale))
+            start = predict(teacher.unet, x, t, cond)  # the student before training
         err += float(torch.mean((got - want) ** 2))
         err_start += float(torch.mean((start - want) ** 2))
     assert err < 0.9 * err_start

@@ -136,19 +136,6 @@ def test_restore_refuses_metadata_recorded_on_another_model() -> None:
         restore(build_tiny_pipeline(), recipe)
 
 
-def test_speed_flag_says_plainly_when_quantization_did_not_pay() -> None:
-    from compress.recipe import Scores
-    from compress.transforms.quantize import NOT_FASTER, flag_if_not_faster
-
-    parent = Scores(latency_ms=100.0, latency_spread_ms=4.0)
-    assert NOT_FASTER in flag_if_not_faster(Scores(latency_ms=120.0), parent).flags
-    assert NOT_FASTER in flag_if_not_faster(Scores(latency_ms=97.0), parent).flags  # within noise
-    fast = flag_if_not_faster(Scores(latency_ms=60.0, flags=[NOT_FASTER, "other"]), parent)
-    assert fast.flags == ["other"]
-    with pytest.raises(CompressError, match="measured latency"):
-        flag_if_not_faster(Scores(), parent)
-
-
 def test_quantize_after_channel_pruning_saves_and_reloads(tmp_path: Path) -> None:
     import numpy as np
 

@@ -1,4 +1,5 @@
-"""Full-size SD 1.5 / 2.1 / XL pipelines from their published configs, with random weights.
+"""Full-size SD 1.5 / 2.1 / XL, PixArt-Sigma, SD3-medium and Sana-600M pipelines from their
+published configs, with random weights.
 
 The configs are kept as JSON data beside this file (one folder per architecture, one file per
 component, as in the published checkpoints). Weights are drawn directly on the target device in the
@@ -19,9 +20,9 @@ if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
 
 HERE = Path(__file__).parent
-ARCHS = ("sd15", "sd21", "sdxl")
-# The vocabulary only shapes token ids; the text encoder always sees 77 positions, as in the real
-# pipelines, so a small word tokenizer times the same work as CLIP's BPE one.
+ARCHS = ("sd15", "sd21", "sdxl", "pixart-sigma", "sd3-medium", "sana-600m")
+# The vocabulary only shapes token ids; the text encoders see the real pipelines' sequence lengths
+# (77 CLIP positions, 256 or 300 T5/Gemma ones), so small word tokenizers time the same work.
 _WORDS = (
     "a an the of in on with and photo painting portrait of cat dog city street night forest "
     "mountain river house car red blue green golden light detailed"
@@ -51,14 +52,12 @@ def build_arch_pipeline(
     import torch
 
     from compress.models.loading import parse_dtype
-    from compress.models.tokenizer import build_word_tokenizer
 
     _check(arch)
     dtype = parse_dtype(dtype) or torch.float32
     dev = torch.device(device)
     gen = None if dev.type == "meta" else torch.Generator(dev).manual_seed(seed)
     spec = arch_config(arch, "pipeline")
-    tok = build_word_tokenizer(_WORDS, max_length=77)
     parts: dict[str, Any] = {}
     for name in spec["components"]:
         cfg = arch_config(arch, name)
@@ -66,6 +65,8 @@ def build_arch_pipeline(
         if name == "scheduler":
             parts[name] = getattr(diffusers, cls_name).from_config(cfg)
         elif name.startswith("text_encoder"):
+            length = spec.get("tokenizer_max_length", {}).get(name, 77)
+            tok = _tokenizer(cls_name, length)
             parts[name] = _text_encoder(cls_name, cfg, tok, dev, dtype, gen)
             parts["tokenizer" + name.removeprefix("text_encoder")] = tok
         else:
@@ -82,6 +83,21 @@ def build_arch_pipeline(
     return pipe
 
 
+def _tokenizer(encoder: str, length: int) -> Any:
+    """A word tokenizer of the family the text encoder was trained with (CLIP, T5, Gemma)."""
+    from compress.models.tokenizer import (
+        build_gemma_tokenizer,
+        build_t5_tokenizer,
+        build_word_tokenizer,
+    )
+
+    if encoder.startswith("T5"):
+        return build_t5_tokenizer(_WORDS, max_length=length)
+    if encoder.startswith("Gemma"):
+        return build_gemma_tokenizer(_WORDS, max_length=length)
+    return build_word_tokenizer(_WORDS, max_length=length)
+
+
 def _text_encoder(cls_name: str, cfg: dict[str, Any], tok: Any, dev: Any, dtype: Any, gen: Any):
     import transformers
 
@@ -92,7 +108,15 @@ def _text_encoder(cls_name: str, cfg: dict[str, Any], tok: Any, dev: Any, dtype:
         "eos_token_id": tok.eos_token_id,
         "pad_token_id": tok.pad_token_id,
     }
-    config = transformers.CLIPTextConfig(**cfg)
+    if cls_name.startswith("T5"):
+        # The encoder reads the shared token embedding, as in the published checkpoint; its
+        # `tie_word_embeddings: false` concerns the (absent) LM head, yet transformers 5 unties
+        # the encoder's copy too unless told to tie.
+        config: Any = transformers.T5Config(**(cfg | {"tie_word_embeddings": True}))
+    elif cls_name.startswith("Gemma2"):
+        config = transformers.Gemma2Config(**cfg)
+    else:
+        config = transformers.CLIPTextConfig(**cfg)
     return _materialize(lambda: getattr(transformers, cls_name)(config), dev, dtype, gen)
 
 
@@ -103,12 +127,16 @@ def _materialize(make: Any, dev: torch.device, dtype: torch.dtype, gen: torch.Ge
 
     with init_empty_weights(include_buffers=False):  # buffers (position ids) stay real
         module = make()
+    if hasattr(module, "tie_weights"):  # transformers skips tying under init_empty_weights
+        module.tie_weights()
     module.eval().requires_grad_(False)
     if dev.type == "meta":
         return module.to(dtype)
     for name, param in list(module.named_parameters()):
         value = _random(name, param, dev, dtype, gen)
         set_module_tensor_to_device(module, name, dev, value=value, dtype=dtype, clear_cache=False)
+    if hasattr(module, "tie_weights"):  # tied embeddings point at the new tensor again
+        module.tie_weights()
     return module.to(dev)
 
 
