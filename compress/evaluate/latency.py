@@ -66,11 +66,7 @@ def call_kwargs(pipe: DiffusionPipeline, settings: EvalSettings) -> dict[str, An
     size = settings.resolution or denoiser(pipe).config.sample_size * factor
     if size % 8:
         raise CompressError(f"resolution {size} must be a multiple of 8")
-    # other recorded arguments the pipeline must be called with (e.g. the DiT miniature's
-    # max_sequence_length=0), so timing runs the call that quality is scored on
-    extra = {k: v for k, v in recorded.items() if k in params}
     return {
-        **extra,
         "height": size,
         "width": size,
         "num_inference_steps": pick("num_inference_steps", settings.steps),

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from compress.errors import CompressError
+from compress.generate import call_defaults
 from compress.models.denoiser import denoiser, flow_shift, is_flow_matching
 
 if TYPE_CHECKING:
@@ -65,6 +66,8 @@ def encode_prompts(pipe: DiffusionPipeline, prompts: list[str], batch: int = 64)
                     prompt_3=None,
                     device=pipe._execution_device,
                     do_classifier_free_guidance=False,
+                    # as the pipeline samples (the DiT miniature: no zero T5 tokens)
+                    max_sequence_length=call_defaults(pipe).get("max_sequence_length", 256),
                 )
                 got = {"encoder_hidden_states": out[0], "pooled_projections": out[2]}
             else:

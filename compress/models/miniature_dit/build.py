@@ -47,7 +47,7 @@ def build_transformer(layers: int = 4, patch_size: int = 2) -> SD3Transformer2DM
     """An MMDiT over the VAE's (4, 8, 8) latents: `patch_size` 2 gives 16 image tokens."""
     from diffusers import SD3Transformer2DModel
 
-    return SD3Transformer2DModel(
+    net = SD3Transformer2DModel(
         sample_size=LATENT_SIZE,
         patch_size=patch_size,
         in_channels=4,
@@ -60,6 +60,24 @@ def build_transformer(layers: int = 4, patch_size: int = 2) -> SD3Transformer2DM
         pooled_projection_dim=2 * TEXT_WIDTH,
         pos_embed_max_size=LATENT_SIZE // patch_size,
     )
+    return adaln_zero(net)
+
+
+def adaln_zero(net: SD3Transformer2DModel) -> SD3Transformer2DModel:
+    """DiT's adaLN-Zero initialisation (Peebles & Xie 2023): every block starts as the identity
+    (zero modulation, so zero gates) and the output projection at zero. diffusers initialises
+    these layers like any other Linear, and DiT's ablation found zero-initialised blocks train
+    markedly faster."""
+    import torch
+
+    with torch.no_grad():
+        for name, module in net.named_modules():
+            if name.endswith(("norm1.linear", "norm1_context.linear", "norm_out.linear")):
+                module.weight.zero_()
+                module.bias.zero_()
+        net.proj_out.weight.zero_()
+        net.proj_out.bias.zero_()
+    return net
 
 
 def build_scheduler(shift: float = 1.0) -> FlowMatchEulerDiscreteScheduler:
