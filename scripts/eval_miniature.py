@@ -1,9 +1,12 @@
-"""Measure the miniature pipeline and its judge; print the figures of reports/miniature.md.
+"""Measure a miniature pipeline and the judge; print the figures of reports/miniature.md (the
+UNet miniature) or of reports/dit.md (`--model miniature-dit`).
 
 Judge accuracy, adherence and realism per step count and guidance, CPU latency:
     python scripts/eval_miniature.py
-Also tune the guidance scale at 20 steps:
+Also tune the guidance scale at the default step count:
     python scripts/eval_miniature.py --sweep 1,2,4,6
+The DiT miniature, with other flow-matching samplers (and shifts) at the default call:
+    python scripts/eval_miniature.py --model miniature-dit --schedulers flow-unipc,flow-euler@3
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from compress._quiet import import_heavy
 from compress.generate import generate
 from compress.models.miniature import data as D
 from compress.models.miniature.judge import MiniatureJudge, to_tensor
-from compress.models.miniature.prompts import DEFAULT_CALL, EVAL_PROMPTS, EVAL_SEEDS
+from compress.models.miniature.prompts import EVAL_PROMPTS, EVAL_SEEDS
 
 STEPS = (20, 8, 4, 2, 1)
 
@@ -89,6 +92,26 @@ def latency(pipe, steps: int, guidance: float, runs: int) -> float:
     return statistics.median(times)
 
 
+def default_call(model: str, pipe) -> dict:
+    """The model's tuned call: the DiT miniature's for it and pipelines derived from it."""
+    from compress.models import miniature_dit
+    from compress.models.miniature.prompts import DEFAULT_CALL
+
+    dit = model == "miniature-dit" or miniature_dit.trained_call(pipe)
+    return dict(miniature_dit.DEFAULT_CALL if dit else DEFAULT_CALL)
+
+
+def use_scheduler(pipe, spec: str, steps: int, guidance: float) -> None:
+    """Swap in a sampler by its compress name, `NAME` or `NAME@SHIFT` (flow matching)."""
+    from compress.context import RunContext
+    from compress.transforms.sampler import SamplerConfig, apply_sampler
+
+    name, _, shift = spec.partition("@")
+    cfg = SamplerConfig(scheduler=name, steps=steps, guidance_scale=guidance,
+                        shift=float(shift) if shift else None)  # fmt: skip
+    apply_sampler(pipe, cfg, RunContext())
+
+
 def setting_row(pipe, judge, name: str, steps: int, guidance: float, runs: int, grid: Path | None):
     images = generate(pipe, EVAL_PROMPTS, EVAL_SEEDS, num_inference_steps=steps,
                       guidance_scale=guidance)  # fmt: skip
@@ -118,9 +141,15 @@ def save_grid(images: list, path: Path, cols: int = 12) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--model", default="miniature", help="pipeline folder or 'miniature'")
+    p.add_argument("--model", default="miniature", help="'miniature', 'miniature-dit' or a folder")
     p.add_argument("--judge", type=Path, default=None, help="judge weights (default: shipped)")
-    p.add_argument("--sweep", default="", help="guidance scales to try at 20 steps, e.g. 1,2,4")
+    p.add_argument("--sweep", default="", help="guidance scales at the default steps, e.g. 1,2,4")
+    p.add_argument(
+        "--schedulers",
+        default="",
+        help="samplers to try at the default steps and guidance (each also at 8 and 4 steps): "
+        "compress names, NAME@SHIFT for a flow-matching shift, e.g. flow-dpmsolver++,flow-euler@3",
+    )
     p.add_argument("--runs", type=int, default=5, help="timed runs per latency figure (0: skip)")
     p.add_argument("--grids", type=Path, default=None, help="folder for image grids per setting")
     p.add_argument("--json", type=Path, default=None, help="also write all scores as JSON here")
@@ -133,15 +162,23 @@ def main() -> None:
     pipe = load_pipeline(args.model)
     judge = MiniatureJudge.load(args.judge)
     print("\n".join(judge_figures(judge, pipe.vae)), "\n")
-    g = float(DEFAULT_CALL["guidance_scale"])
+    call = default_call(args.model, pipe)
+    g, n = float(call["guidance_scale"]), int(call["num_inference_steps"])
     head = ("| setting | steps | guidance | adherence | " + " | ".join(D.ATTRIBUTES)
             + " | realism FD | combined | CPU ms/image |")  # fmt: skip
     out: dict[str, dict] = {}
     table = [head, "|" + "---|" * 11]
-    settings = [("default", 20, g), *((f"{s} steps", s, g) for s in STEPS[1:])]
-    settings.append(("guidance off", 20, 1.0))
-    settings += [(f"guidance {float(s):g}", 20, float(s)) for s in args.sweep.split(",") if s]
-    for name, steps, guidance in settings:
+    settings = [("default", n, g), *((f"{s} steps", s, g) for s in STEPS if s < n)]
+    settings.append(("guidance off", n, 1.0))
+    settings += [(f"guidance {float(s):g}", n, float(s)) for s in args.sweep.split(",") if s]
+    own = pipe.scheduler
+    runs = [(None, s) for s in settings]
+    for spec in filter(None, args.schedulers.split(",")):
+        runs += [(spec, (f"{spec}, {s} steps", s, g)) for s in dict.fromkeys((n, 8, 4))]
+    for spec, (name, steps, guidance) in runs:
+        pipe.scheduler = own
+        if spec is not None:
+            use_scheduler(pipe, spec, steps, guidance)
         row, r = setting_row(pipe, judge, name, steps, guidance, args.runs, args.grids)
         table.append(row)
         out[name] = {"steps": steps, "guidance": guidance, **r.__dict__}

@@ -30,38 +30,13 @@ from compress.models.miniature import HERE, WEIGHTS
 from compress.models.miniature import build as B
 from compress.models.miniature import data as D
 from compress.models.miniature import judge as J
+from compress.models.miniature.data import batches
 
 T0 = time.time()
 
 
 def log(msg: str) -> None:
     print(f"[{time.time() - T0:7.1f}s] {msg}", flush=True)
-
-
-def batches(rng: np.random.Generator, split: str, batch: int, ramp: tuple[int, int] | None = None):
-    """Endless random compositions of one split's glyphs: (images in [0, 1], attribute indices).
-
-    With `ramp` (start, end), a colour curriculum: before step `start` every glyph is black ink on
-    white, then the share drawn with random colours grows linearly to all of them at `end`.
-    """
-    glyphs, digits = D.load_split(split)
-    step = 0
-    while True:
-        idx = rng.integers(0, len(glyphs), batch)
-        attrs = D.sample_attributes(rng, digits[idx])
-        if ramp is not None:  # its own stream: the compositions drawn from `rng` stay the same
-            plain = np.random.default_rng(step).random(batch) >= colour_share(step, *ramp)
-            attrs[plain, 1] = D.ATTRIBUTES["ink"].index("black")
-            attrs[plain, 2] = D.ATTRIBUTES["background"].index("white")
-        step += 1
-        yield D.compose(glyphs[idx], attrs), attrs
-
-
-def colour_share(step: int, start: int, end: int) -> float:
-    """The share of a batch drawn with random colours at `step` of the colour curriculum."""
-    if end <= start:
-        return float(step >= start)
-    return min(1.0, max(0.0, (step - start) / (end - start)))
 
 
 def augment(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:

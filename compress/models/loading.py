@@ -1,4 +1,5 @@
-"""Load diffusers pipelines from a hub id, a local folder, or the built-in name `miniature`."""
+"""Load diffusers pipelines from a hub id, a local folder, or a built-in name (`miniature`,
+`miniature-dit`)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ if TYPE_CHECKING:
     import torch
     from diffusers import DiffusionPipeline
 
-BUILTIN = ("miniature",)
+BUILTIN = ("miniature", "miniature-dit")
 SUPPORTED = (
     "StableDiffusionPipeline",
     "StableDiffusionXLPipeline",
@@ -40,10 +41,14 @@ def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
 
 def resolve(model: str) -> str:
     """Turn a model argument into a local folder or hub id, or raise naming the accepted forms."""
-    if model in BUILTIN:
+    if model == "miniature":
         from compress.models.miniature import weights_dir
 
         return str(weights_dir())
+    if model == "miniature-dit":
+        from compress.models import miniature_dit
+
+        return str(miniature_dit.weights_dir())
     path = Path(model).expanduser()
     if path.is_dir():
         if not (path / "model_index.json").is_file():
@@ -106,11 +111,17 @@ def load_pipeline(
             f"{model!r} is a {type(pipe).__name__}; supported pipelines: {', '.join(SUPPORTED)}"
         )
     pipe.set_progress_bar_config(disable=True)
+    from compress.generate import set_call_defaults
+    from compress.models import miniature_dit
+
+    # what the DiT miniature and every pipeline derived from it need to sample as trained
+    set_call_defaults(pipe, **miniature_dit.trained_call(pipe))
     if model == "miniature":  # sampled at 20 steps and its tuned guidance, not diffusers' 50/7.5
-        from compress.generate import set_call_defaults
         from compress.models.miniature.prompts import DEFAULT_CALL
 
         set_call_defaults(pipe, **DEFAULT_CALL)
+    elif model == "miniature-dit":  # its tuned steps and guidance
+        set_call_defaults(pipe, **miniature_dit.DEFAULT_CALL)
     return pipe.to(device)
 
 

@@ -117,9 +117,8 @@ def _training_script():
 
 
 def test_colour_curriculum_draws_black_on_white_first() -> None:
-    mod = _training_script()
     black, white = D.ATTRIBUTES["ink"].index("black"), D.ATTRIBUTES["background"].index("white")
-    data = mod.batches(np.random.default_rng(0), "train", 64, (2, 2))
+    data = D.batches(np.random.default_rng(0), "train", 64, (2, 2))
     for step in range(4):
         x, attrs = next(data)
         plain = (attrs[:, 1] == black) & (attrs[:, 2] == white)
@@ -127,7 +126,7 @@ def test_colour_curriculum_draws_black_on_white_first() -> None:
             assert plain.all() and torch.all(x[:, :, 0, 0] == 1.0)
         else:  # the whole palette: of 64 random pairs, few are black on white
             assert plain.mean() < 0.25 and x[:, :, 0, 0].std() > 0.2
-    assert [mod.colour_share(s, 10, 20) for s in (0, 10, 15, 20, 30)] == [0, 0, 0.5, 1, 1]
+    assert [D.colour_share(s, 10, 20) for s in (0, 10, 15, 20, 30)] == [0, 0, 0.5, 1, 1]
 
 
 def test_training_script_is_deterministic(tmp_path: Path, monkeypatch) -> None:

@@ -123,7 +123,7 @@ def test_grid_enumerates_valid_assignments():
         _space().grid()
 
 
-@pytest.mark.parametrize("name", ["miniature", "sd15", "sdxl"])
+@pytest.mark.parametrize("name", ["miniature", "miniature-dit", "sd15", "sdxl"])
 def test_shipped_spaces_load_and_build_recipes(name):
     space = load_space(name)
     study = optuna.create_study(

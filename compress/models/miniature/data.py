@@ -10,6 +10,7 @@ padding effects: too slowly for a 15-minute training budget.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -156,3 +157,31 @@ def random_prompts(rng: np.random.Generator, attrs: np.ndarray, keep: float = 0.
         named = {k: v for k, v in names.items() if rng.random() < p[k]}
         out.append(make_prompt(named, int(rng.integers(0, 6))))
     return out
+
+
+def batches(
+    rng: np.random.Generator, split: str, batch: int, ramp: tuple[int, int] | None = None
+) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
+    """Endless random compositions of one split's glyphs: (images in [0, 1], attribute indices).
+
+    With `ramp` (start, end), a colour curriculum: before step `start` every glyph is black ink on
+    white, then the share drawn with random colours grows linearly to all of them at `end`.
+    """
+    glyphs, digits = load_split(split)
+    step = 0
+    while True:
+        idx = rng.integers(0, len(glyphs), batch)
+        attrs = sample_attributes(rng, digits[idx])
+        if ramp is not None:  # its own stream: the compositions drawn from `rng` stay the same
+            plain = np.random.default_rng(step).random(batch) >= colour_share(step, *ramp)
+            attrs[plain, 1] = ATTRIBUTES["ink"].index("black")
+            attrs[plain, 2] = ATTRIBUTES["background"].index("white")
+        step += 1
+        yield compose(glyphs[idx], attrs), attrs
+
+
+def colour_share(step: int, start: int, end: int) -> float:
+    """The share of a batch drawn with random colours at `step` of the colour curriculum."""
+    if end <= start:
+        return float(step >= start)
+    return min(1.0, max(0.0, (step - start) / (end - start)))
