@@ -146,9 +146,12 @@ def test_gpu_spaces_search_every_stage_with_nothing_commented_out(name: str) -> 
         "quant_mid": "none",
         "quant_up": "float8_dynamic",
         "caching": "none",
+        "compiled": True,
+        "compile_mode": "max-autotune-no-cudagraphs",
     }
     if name == "sdxl":
         params["transformer_depth"] = "half"
     recipe = space.suggest(FixedTrial(params))
-    assert kinds(recipe) == ["prune_blocks", "distill", "distill_steps", "quantize"]
+    assert kinds(recipe) == ["prune_blocks", "distill", "distill_steps", "quantize", "compile"]
     assert recipe.transforms[2].lora_rank == 64
+    assert recipe.transforms[4].mode == "max-autotune-no-cudagraphs"

@@ -185,6 +185,8 @@ def test_apply_save_reload_identical(family: str, kind: str, tmp_path: Path) -> 
         shown = images(plain, **call_defaults(pipe))
         if kind in RUNTIME_HOOKS:  # not in the folder: plain diffusers samples without them
             same_after_loading(shown, images(build()), family)
+        elif kind == "compile":  # plain diffusers runs uncompiled, QKV unfused: as reloading
+            same_after_loading(shown, after, family)
         else:
             np.testing.assert_array_equal(shown, after)
 
