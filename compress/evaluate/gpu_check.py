@@ -147,26 +147,27 @@ def denoiser_flops(pipe: Any, target: Target) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
     from compress.evaluate.latency import call_kwargs
+    from compress.evaluate.timing import cpu_threads
     from compress.models.denoiser import denoiser
 
     net, calls = denoiser(pipe), []
     handle = net.register_forward_pre_hook(
         lambda m, a, k: calls.append((a, k)) if not calls else None, with_kwargs=True
     )
+    settings = settings_for(target, warmup=0)
     # the baseline's guidance: the pipeline's own on transformers, 7.5 on UNets
     guidance = baseline(target)["guidance_scale"]
-    kw = call_kwargs(pipe, settings_for(target, warmup=0))
-    kw |= {"num_inference_steps": 1} | (
-        {} if guidance == "pipeline" else {"guidance_scale": guidance}
-    )
-    try:
-        with torch.inference_mode():
+    kw = call_kwargs(pipe, settings) | {"num_inference_steps": 1}
+    kw |= {} if guidance == "pipeline" else {"guidance_scale": guidance}
+    # the timed runs' CPU threads: tiny ops on oversubscribed cores are otherwise slow to count
+    with cpu_threads(settings.threads), torch.inference_mode():
+        try:
             pipe(prompt=_prompts(target), output_type="latent", **kw)
-    finally:
-        handle.remove()
-    args, kwargs = calls[0]
-    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-        net(*args, **kwargs)
+        finally:
+            handle.remove()
+        args, kwargs = calls[0]
+        with FlopCounterMode(display=False) as counter:
+            net(*args, **kwargs)
     return float(counter.get_total_flops())
 
 

@@ -193,9 +193,12 @@ ROWS: tuple[Row, ...] = (
         family="unet",
     ),
     Row("4 steps", "the baseline's sampler at 4 steps, eager", lambda t: [four_steps(t)]),
-    # DeepCache stays out of the UNet combination: at 4 steps every step is a long stretch of
-    # the trajectory and a cached deep feature a poor stand-in (reports/caching.md: interval 2
-    # at 4 steps halves the teacher's score); COMBINATION_NOTE
+    # DeepCache stays out of the UNet combination: it does not compose with `compile` (checked
+    # on the tiny configs; it does with the guidance embedding, eager). Cached before compiling,
+    # the cache's step lookup (a Python float of the timestep) is a data-dependent guard that
+    # fullgraph dynamo refuses; compiled first, the cache hook binds the compiled wrapper's
+    # signature and rejects the UNet's keyword arguments. At 4 steps it would also cost the most
+    # quality (reports/caching.md: a cached feature is a poor stand-in across long steps).
     Row(
         "combination",
         "UNets: bk-sdm-small blocks + guidance embedding + float8 (int8 without sm89) + 4 steps "
