@@ -36,6 +36,7 @@ SMOKE_ARCHS = {"tiny-sd15": 16, "tiny-sdxl": 16, "tiny-pixart-sigma": 256, "tiny
 # (SDXL compiles about twice longer than SD1.5; PixArt-Sigma's 0.6 B transformer at 4096 tokens
 # runs 20 steps, SD3-medium's 2 B one 28 steps with its T5 encoder)
 WEIGHT = {"sd15": 1.0, "sdxl": 2.0, "pixart-sigma": 1.5, "sd3-medium": 2.0}
+SMOKE_STEPS = 8  # the baseline's steps with --cpu-smoke
 TINY_BLOCKS = 8  # tiny transformers' blocks: dit-fast's every-7th removal takes block 6
 PROMPTS = {"gpu": ["a photo of a red car in a city street at night"], "cpu": ["a red seven"]}
 # dense bfloat16 tensor-core peaks in TFLOP/s (vendor datasheets, without sparsity); first match
@@ -372,7 +373,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--steps",
         type=int,
-        help="the baseline's step count (default: 25 on UNets, the pipeline's own on transformers)",
+        help="the baseline's step count (default: 25 on UNets, the pipeline's own on "
+        f"transformers; smoke: {SMOKE_STEPS})",
     )
     args = parser.parse_args(argv)
     command = "bash scripts/gpu_check.sh " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -450,7 +452,8 @@ def check(args: argparse.Namespace, smoke: bool, command: str, out: Path) -> dic
     env["budget_s"] = seconds
     total, done = sum(WEIGHT.get(a.removeprefix("tiny-"), 1.0) for a in archs), 0.0
     for arch, resolution in archs.items():
-        steps = args.steps or default_steps(arch)
+        # the smoke checks the rows' structure: 8 steps keep it within 3 minutes on 2 cores
+        steps = args.steps or (SMOKE_STEPS if smoke else default_steps(arch))
         target = Target(arch, device, dtype, resolution, float8, steps)
         done += WEIGHT.get(arch.removeprefix("tiny-"), 1.0)
         deadline = budget.deadline(done, total)
