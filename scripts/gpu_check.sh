@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The prepared GPU check (compress/evaluate/gpu_check.py): SD1.5 and SDXL architectures with
-# random weights, every row of compress/evaluate/gpu_rows.py timed side by side; writes
-# reports/gpu.md and reports/gpu.json. On one H100 it takes about 8 minutes, compile included.
+# The prepared GPU check (compress/evaluate/gpu_check.py): SD1.5, SDXL, PixArt-Sigma and
+# SD3-medium architectures with random weights (--archs picks), every row of
+# compress/evaluate/gpu_rows.py timed side by side; writes reports/gpu.md and reports/gpu.json.
+# On one H100 it keeps to about 8 minutes, compile included (compiled rows that would not fit
+# are skipped and named).
 #
 #   bash scripts/gpu_check.sh               # on the GPU
 #   bash scripts/gpu_check.sh --cpu-smoke   # tiny configs on the CPU (runs/gpu-smoke/gpu.md)

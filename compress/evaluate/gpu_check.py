@@ -1,5 +1,6 @@
-"""The prepared GPU check: every row of `compress.evaluate.gpu_rows` on SD1.5 (512 px) and SDXL
-(1024 px) architectures with random weights (no download), timed side by side in one process.
+"""The prepared GPU check: every row of `compress.evaluate.gpu_rows` on the SD1.5 (512 px), SDXL,
+PixArt-Sigma and SD3-medium (1024 px) architectures with random weights (no download), timed side
+by side in one process.
 
 Per architecture, each row is built through the project's transforms on its own copy of the
 denoiser, called once (compilation happens there), then all rows are timed in alternating rounds
@@ -26,11 +27,17 @@ from typing import Any
 
 from compress.errors import CompressError
 from compress.evaluate.gpu_report import pending_report, write_report
-from compress.evaluate.gpu_rows import BASELINE, ROWS, Row, Target, baseline
+from compress.evaluate.gpu_rows import ROWS, Row, Target, baseline, default_steps, rows_for
 
-ARCHS = {"sd15": 512, "sdxl": 1024}
-SMOKE_ARCHS = {"tiny-sd15": 16, "tiny-sdxl": 16}
-WEIGHT = {"sd15": 1.0, "sdxl": 2.0}  # shares of the time budget (SDXL compiles about twice longer)
+ARCHS = {"sd15": 512, "sdxl": 1024, "pixart-sigma": 1024, "sd3-medium": 1024}
+# tiny PixArt bins every request to 256 px (its transformer's sample size 32, 8x VAE)
+SMOKE_ARCHS = {"tiny-sd15": 16, "tiny-sdxl": 16, "tiny-pixart-sigma": 256, "tiny-sd3-medium": 32}
+# shares of the time budget, by the expected compile time and the length of a timed round
+# (SDXL compiles about twice longer than SD1.5; PixArt-Sigma's 0.6 B transformer at 4096 tokens
+# runs 20 steps, SD3-medium's 2 B one 28 steps with its T5 encoder)
+WEIGHT = {"sd15": 1.0, "sdxl": 2.0, "pixart-sigma": 1.5, "sd3-medium": 2.0}
+SMOKE_STEPS = 8  # the baseline's steps with --cpu-smoke
+TINY_BLOCKS = 8  # tiny transformers' blocks: dit-fast's every-7th removal takes block 6
 PROMPTS = {"gpu": ["a photo of a red car in a city street at night"], "cpu": ["a red seven"]}
 # dense bfloat16 tensor-core peaks in TFLOP/s (vendor datasheets, without sparsity); first match
 # of the device name wins, so the more specific names come first
@@ -72,12 +79,17 @@ def peak_tflops(device_name: str) -> float | None:
 
 
 def base_pipeline(target: Target) -> Any:
+    from compress.models import tiny
     from compress.models.archs import build_arch_pipeline
     from compress.models.loading import parse_dtype
-    from compress.models.tiny import build_tiny_pipeline, build_tiny_sdxl_pipeline
 
     if target.arch.startswith("tiny-"):
-        build = build_tiny_pipeline if target.arch == "tiny-sd15" else build_tiny_sdxl_pipeline
+        build = {
+            "tiny-sd15": tiny.build_tiny_pipeline,
+            "tiny-sdxl": tiny.build_tiny_sdxl_pipeline,
+            "tiny-pixart-sigma": lambda: tiny.build_tiny_pixart_pipeline(num_layers=TINY_BLOCKS),
+            "tiny-sd3-medium": lambda: tiny.build_tiny_sd3_pipeline(num_layers=TINY_BLOCKS),
+        }[target.arch]
         return build().to(target.device, parse_dtype(target.dtype))
     return build_arch_pipeline(target.arch, device=target.device, dtype=target.dtype)
 
@@ -86,8 +98,8 @@ def row_recipe(row: Row, target: Target) -> Any:
     from compress.recipe import Recipe
 
     transforms = row.transforms(target)
-    if not any(t["kind"] == "sampler" for t in transforms):
-        transforms = [*transforms, baseline(target)]
+    if not any(t["kind"] == "sampler" for t in transforms):  # first: a cache reads its steps
+        transforms = [baseline(target), *transforms]
     stage = _stages()
     transforms = sorted(transforms, key=lambda t: stage[t["kind"]])
     return Recipe(name=row.name.replace(" ", "-"), transforms=transforms)
@@ -105,12 +117,13 @@ def build_row(base: Any, row: Row, target: Target, recipe: Any, first: bool) -> 
     row never see another's calls); a compiled row has its own VAE."""
     from compress.apply import apply_recipe
     from compress.context import RunContext
-    from compress.models.denoiser import denoiser
+    from compress.models.denoiser import denoiser, denoiser_attr
     from compress.transforms.base import Stage
 
     kinds = {t.kind for t in recipe.transforms}
     compiled = "compile" in kinds
-    parts = {"unet": denoiser(base) if first else copy.deepcopy(denoiser(base))}
+    net = denoiser(base) if first else copy.deepcopy(denoiser(base))
+    parts = {denoiser_attr(base): net}
     parts["vae"] = copy.deepcopy(base.vae) if compiled else base.vae
     pipe = type(base).from_pipe(base, **parts)
     pipe.set_progress_bar_config(disable=True)
@@ -134,27 +147,28 @@ def denoiser_flops(pipe: Any, target: Target) -> float:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
+    from compress.evaluate.latency import call_kwargs
+    from compress.evaluate.timing import cpu_threads
     from compress.models.denoiser import denoiser
 
     net, calls = denoiser(pipe), []
     handle = net.register_forward_pre_hook(
         lambda m, a, k: calls.append((a, k)) if not calls else None, with_kwargs=True
     )
-    try:
-        with torch.inference_mode():
-            pipe(
-                prompt=_prompts(target),
-                num_inference_steps=1,
-                guidance_scale=BASELINE["guidance_scale"],
-                height=target.resolution,
-                width=target.resolution,
-                output_type="latent",
-            )
-    finally:
-        handle.remove()
-    args, kwargs = calls[0]
-    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-        net(*args, **kwargs)
+    settings = settings_for(target, warmup=0)
+    # the baseline's guidance: the pipeline's own on transformers, 7.5 on UNets
+    guidance = baseline(target)["guidance_scale"]
+    kw = call_kwargs(pipe, settings) | {"num_inference_steps": 1}
+    kw |= {} if guidance == "pipeline" else {"guidance_scale": guidance}
+    # the timed runs' CPU threads: tiny ops on oversubscribed cores are otherwise slow to count
+    with cpu_threads(settings.threads), torch.inference_mode():
+        try:
+            pipe(prompt=_prompts(target), output_type="latent", **kw)
+        finally:
+            handle.remove()
+        args, kwargs = calls[0]
+        with FlopCounterMode(display=False) as counter:
+            net(*args, **kwargs)
     return float(counter.get_total_flops())
 
 
@@ -209,6 +223,7 @@ def first_call(built: Built, target: Target) -> None:
 def measure(rows: list[Built], target: Target, rounds: int, warmup: int, peak: float | None):
     """All built rows in alternating rounds against the baseline; fills each `result`."""
     from compress.evaluate.paired import CANDIDATE, bootstrap_median, paired_latency
+    from compress.transforms.cache import cache_stats
 
     base = rows[0]
     others = {b.row.name: b for b in rows[1:] if b.pipe is not None}
@@ -227,14 +242,19 @@ def measure(rows: list[Built], target: Target, rounds: int, warmup: int, peak: f
         ms_call = statistics.median(per_call)
         median = statistics.median(mine)
         run_peak = timing.run_peak_mb.get(k)
+        calls = timing.calls_per_run[k].get("denoiser")
+        cached = cache_stats(b.pipe)  # the last call's; None without a cache
+        # a cached row's calls differ in cost (full or shallow): no single FLOPs per call
+        mfu = b.flops / (ms_call / 1e3) / (peak * 1e12) if peak and b.flops else None
         b.result = {
             "median_ms": median,
             "iqr_ms": timing.spread_ms(k),
             "runs_ms": mine,
-            "denoiser_calls": timing.calls_per_run[k].get("denoiser"),
+            "denoiser_calls": calls,
+            "full_calls": cached["full_calls"] if cached else calls,
             "denoiser_ms_per_call": ms_call,
-            "flops_per_call": b.flops,
-            "mfu": b.flops / (ms_call / 1e3) / (peak * 1e12) if peak and b.flops else None,
+            "flops_per_call": b.flops,  # a full call
+            "mfu": None if cached else mfu,
             "weights_mb": b.weights_mb,
             "run_peak_mb": run_peak,
             "peak_mb": b.weights_mb + run_peak if run_peak is not None else None,
@@ -290,6 +310,7 @@ def run_arch(
 
     start = budget.start
     peak = peak_tflops(device_name(target.device)) if target.device.startswith("cuda") else None
+    rows = rows_for(target.arch, rows)
     base = base_pipeline(target)
     log(start, f"{target.arch}: built the {target.resolution} px base pipeline")
     built: list[Built] = []
@@ -349,7 +370,12 @@ def main(argv: list[str] | None = None) -> None:
         "smoke: none); a compiled row that would not fit is skipped and named",
     )
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
-    parser.add_argument("--steps", type=int, default=25, help="the baseline's step count")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        help="the baseline's step count (default: 25 on UNets, the pipeline's own on "
+        f"transformers; smoke: {SMOKE_STEPS})",
+    )
     args = parser.parse_args(argv)
     command = "bash scripts/gpu_check.sh " + " ".join(argv if argv is not None else sys.argv[1:])
     smoke = args.cpu_smoke
@@ -382,11 +408,12 @@ def check(args: argparse.Namespace, smoke: bool, command: str, out: Path) -> dic
     torch._dynamo.config.recompile_limit = 64
     torch._dynamo.config.fail_on_recompile_limit_hit = True
     archs = SMOKE_ARCHS if smoke else ARCHS
-    if args.archs:
-        names = [a.strip() for a in args.archs.split(",")]
+    if args.archs:  # sd15 or tiny-sd15: the smoke runs the tiny one of each
+        names = [a.strip().removeprefix("tiny-") for a in args.archs.split(",")]
+        names = [f"tiny-{a}" if smoke else a for a in names]
         unknown = [a for a in names if a not in archs]
         if unknown:
-            raise CompressError(f"unknown --archs {unknown}; choose from {', '.join(archs)}")
+            raise CompressError(f"unknown --archs {unknown}; choose from {', '.join(ARCHS)}")
         archs = {a: archs[a] for a in names}
     rows = list(ROWS)
     if args.rows:
@@ -416,17 +443,19 @@ def check(args: argparse.Namespace, smoke: bool, command: str, out: Path) -> dic
     report = {
         "command": command,
         "environment": env,
-        "rows": [r.name for r in rows],
+        "rows": list(dict.fromkeys(r.name for r in rows)),
         "resolution": dict(archs),
         "archs": {},
     }
     seconds = args.budget_s if args.budget_s is not None else (None if smoke else 420.0)
     budget = Budget(start, seconds)
     env["budget_s"] = seconds
-    total, done = sum(WEIGHT.get(a, 1.0) for a in archs), 0.0
+    total, done = sum(WEIGHT.get(a.removeprefix("tiny-"), 1.0) for a in archs), 0.0
     for arch, resolution in archs.items():
-        target = Target(arch, device, dtype, resolution, float8, args.steps)
-        done += WEIGHT.get(arch, 1.0)
+        # the smoke checks the rows' structure: 8 steps keep it within 3 minutes on 2 cores
+        steps = args.steps or (SMOKE_STEPS if smoke else default_steps(arch))
+        target = Target(arch, device, dtype, resolution, float8, steps)
+        done += WEIGHT.get(arch.removeprefix("tiny-"), 1.0)
         deadline = budget.deadline(done, total)
         report["archs"][arch] = run_arch(target, rows, rounds, warmup, budget, deadline)
         env["loadavg_after"] = _loadavg()

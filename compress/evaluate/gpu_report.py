@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from compress.evaluate.gpu_rows import BASELINE, ROWS, Row, Skip, Target
+from compress.evaluate.gpu_rows import ROWS, Row, Skip, Target, default_steps, rows_for
 
 PENDING = "pending: run scripts/gpu_check.sh on an H100"
 COLUMNS = (
@@ -33,6 +33,11 @@ def _ci(r: dict[str, float] | None) -> str:
     return "-" if r is None else f"{r['median']:.2f} [{r['low']:.2f}, {r['high']:.2f}]"
 
 
+def _calls(r: dict[str, Any]) -> str:
+    calls, full = r["denoiser_calls"], r.get("full_calls")
+    return _fmt(calls, "d") + ("" if full in (None, calls) else f" ({full} full)")
+
+
 def table(results: list[dict[str, Any]]) -> list[str]:
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for r in results:
@@ -44,7 +49,7 @@ def table(results: list[dict[str, Any]]) -> list[str]:
             cells = [
                 r["row"],
                 _fmt(r["steps"], "d"),
-                _fmt(r["denoiser_calls"], "d"),
+                _calls(r),
                 f"{r['median_ms']:.1f} ± {r['iqr_ms']:.1f}",
                 _ci(r["x_baseline"]),
                 _ci(r["x_compile"]),
@@ -82,7 +87,14 @@ def markdown(report: dict[str, Any]) -> str:
         "the architecture's native resolution. Every row is built through the project's "
         "transforms (`compress/evaluate/gpu_rows.py`):",
         "",
-        *[f"- **{r.name}**: {r.what}" for r in ROWS if r.name in report["rows"]],
+        *[
+            f"- **{r.name}**: {r.what}"
+            for r in ROWS
+            if r.name in report["rows"] and any(r.applies(a) for a in report["archs"])
+        ],
+        "",
+        "UNet-only rows (BK-SDM blocks, guidance embedding, DeepCache) are not offered for "
+        "transformers, nor dit-fast blocks for UNets.",
         "",
     ]
     for arch, results in report["archs"].items():
@@ -92,9 +104,11 @@ def markdown(report: dict[str, Any]) -> str:
         "and x compile are speed-ups, the median of per-round ratios with a 95% bootstrap "
         "interval (x compile: a quantized or combined row against the unquantized `compile` "
         "row, under the same compile transform); denoiser ms/call is the denoiser's time per "
-        "call (CUDA events around each call); MFU is the FLOPs of one denoiser call (torch's "
+        "call (CUDA events around each call) and a cached row's calls are counted as all calls "
+        "(the full ones in brackets); MFU is the FLOPs of one denoiser call (torch's "
         "FlopCounterMode on the network before quantization) over that time and the device's "
-        "dense bf16 peak (empty for an unknown device); peak MiB is the row's weights plus the "
+        "dense bf16 peak (empty for an unknown device, and for a cached row, whose calls differ "
+        "in cost); peak MiB is the row's weights plus the "
         "largest allocator peak of a timed run above its start; compile s is the first call "
         "minus the median run.",
         "",
@@ -139,26 +153,32 @@ HOW_TO_RUN = [
 
 def pending_report(command: str, archs: dict[str, int]) -> dict[str, Any]:
     """The report's structure with every row named and no number."""
-    results = [
-        {"row": r.name, "steps": _static_steps(r), "pending": True, "what": r.what} for r in ROWS
-    ]
     env = {"pending": True, "date": datetime.now(UTC).date().isoformat(), "dtype": "bfloat16"}
+    results = {
+        a: [
+            {"row": r.name, "steps": _static_steps(r, t), "pending": True, "what": r.what}
+            for r in rows_for(a)
+        ]
+        for a, t in (
+            (a, Target(a, "cuda", "bfloat16", px, True, default_steps(a)))
+            for a, px in archs.items()
+        )
+    }
     return {
         "command": command,
         "environment": env,
-        "rows": [r.name for r in ROWS],
+        "rows": list(dict.fromkeys(r.name for r in ROWS)),
         "resolution": dict(archs),
-        "archs": {a: results for a in archs},
+        "archs": results,
     }
 
 
-def _static_steps(row: Row) -> int | None:
-    target = Target("sd15", "cuda", "bfloat16", 512, float8=True)
+def _static_steps(row: Row, target: Target) -> int | None:
     try:
         sampler = [t for t in row.transforms(target) if t["kind"] == "sampler"]
     except Skip:
         return None
-    return sampler[0]["steps"] if sampler else BASELINE["steps"]
+    return sampler[0]["steps"] if sampler else target.steps
 
 
 def write_report(out: Path, report: dict[str, Any]) -> None:

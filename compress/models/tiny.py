@@ -131,7 +131,7 @@ def build_tiny_sdxl_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
     return pipe
 
 
-def build_tiny_pixart_pipeline(seed: int = 0) -> PixArtSigmaPipeline:
+def build_tiny_pixart_pipeline(seed: int = 0, num_layers: int = 4) -> PixArtSigmaPipeline:
     """PixArt-Sigma-shaped: T5 text encoder, 4 adaLN-single transformer blocks with self- and
     cross-attention, learned variance (8 output channels), DPM-Solver++ on a DDPM schedule.
 
@@ -149,7 +149,7 @@ def build_tiny_pixart_pipeline(seed: int = 0) -> PixArtSigmaPipeline:
         patch_size=4,
         in_channels=4,
         out_channels=8,
-        num_layers=4,
+        num_layers=num_layers,
         num_attention_heads=2,
         attention_head_dim=16,
         cross_attention_dim=32,
@@ -198,7 +198,7 @@ def _pixart_scheduler():
     return DPMSolverMultistepScheduler(beta_schedule="linear", beta_start=0.0001, beta_end=0.02)
 
 
-def build_tiny_sd3_pipeline(seed: int = 0) -> StableDiffusion3Pipeline:
+def build_tiny_sd3_pipeline(seed: int = 0, num_layers: int = 4) -> StableDiffusion3Pipeline:
     """SD3-shaped: two CLIP text encoders, no T5 one (SD3 runs without; its 256 padded positions
     would dominate a tiny model's cost), 4 MMDiT joint blocks (the last one closes the text
     stream), flow matching with FlowMatchEuler, shift 3."""
@@ -216,7 +216,7 @@ def build_tiny_sd3_pipeline(seed: int = 0) -> StableDiffusion3Pipeline:
         patch_size=2,
         in_channels=4,
         out_channels=4,
-        num_layers=4,
+        num_layers=num_layers,
         attention_head_dim=16,
         num_attention_heads=2,
         joint_attention_dim=32,  # the two CLIP widths, 16 + 16

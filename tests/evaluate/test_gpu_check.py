@@ -8,13 +8,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-from compress.evaluate.gpu_check import main, peak_tflops
+from compress.evaluate.gpu_check import ARCHS, main, peak_tflops
 from compress.evaluate.gpu_report import PENDING
-from compress.evaluate.gpu_rows import ROWS
+from compress.evaluate.gpu_rows import rows_for
 
 ROOT = Path(__file__).resolve().parents[2]
-NAMES = [r.name for r in ROWS]
 COMPILED = {"compile", "int8 + compile", "combination"}
+
+
+def names(arch: str) -> list[str]:
+    return [r.name for r in rows_for(arch)]
 
 
 def table_rows(markdown: str) -> list[str]:
@@ -30,33 +33,48 @@ def test_cpu_smoke_measures_every_row(tmp_path: Path) -> None:
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     report = json.loads(out.with_suffix(".json").read_text())
-    assert list(report["archs"]) == ["tiny-sd15", "tiny-sdxl"]
-    for results in report["archs"].values():
+    assert list(report["archs"]) == [f"tiny-{a}" for a in ARCHS]
+    for arch, results in report["archs"].items():
         rows = {r["row"]: r for r in results}
-        assert list(rows) == NAMES
+        assert list(rows) == names(arch)
         assert rows["float8 + compile"]["error"].startswith("skipped: float8_dynamic needs")
         done = {n: r for n, r in rows.items() if n != "float8 + compile"}
         assert all(r["error"] is None and r["median_ms"] > 0 for r in done.values()), done
         calls = {n: r["denoiser_calls"] for n, r in done.items()}
         assert calls == {n: (4 if n in ("4 steps", "combination") else 8) for n in done}
-        # guidance as an input: one call per step at batch 1 instead of a batch-2 call
         flops = {n: r["flops_per_call"] for n, r in done.items()}
-        assert 0.45 < flops["guidance-embedded"] / flops["baseline"] < 0.55
-        assert flops["bk-sdm-small blocks"] < flops["baseline"]
         assert flops["int8 + compile"] == flops["compile"] == flops["baseline"]
         assert all((r["compile_s"] is not None) == (n in COMPILED) for n, r in done.items())
         assert done["int8 + compile"]["x_compile"]["low"] > 0
         assert done["4 steps"]["x_baseline"]["median"] > 1  # 4 steps against 8, same network
-    assert table_rows(out.read_text()).count("combination") == 2
+        if arch in ("tiny-pixart-sigma", "tiny-sd3-medium"):
+            # every 7th of 8 blocks removed: one block's share of the call
+            assert 0.75 < flops["dit-fast blocks"] / flops["baseline"] < 0.95
+            assert flops["combination"] == flops["dit-fast blocks"]
+            continue
+        # guidance as an input: one call per step at batch 1 instead of a batch-2 call
+        assert 0.45 < flops["guidance-embedded"] / flops["baseline"] < 0.55
+        assert flops["bk-sdm-small blocks"] < flops["baseline"]
+        # DeepCache, interval 3: the whole UNet on steps 0, 3 and 6 of 8, the shallow branch
+        # on the others; no MFU for calls of two costs
+        cached = done["deepcache"]
+        assert cached["full_calls"] == 3 and done["baseline"]["full_calls"] == 8
+        assert cached["mfu"] is None and cached["flops_per_call"] == flops["baseline"]
+    text = out.read_text()
+    assert table_rows(text).count("combination") == 4
+    assert "| deepcache | 8 | 8 (3 full) |" in text
 
 
 def test_pending_report_names_every_row(tmp_path: Path) -> None:
     out = tmp_path / "gpu.md"
     main(["--pending", "--out", str(out)])
+    expected = [name for arch in ARCHS for name in ["row", *names(arch)]]
+    assert names("sd15") == names("sdxl") and names("pixart-sigma") == names("sd3-medium")
+    assert "deepcache" in names("sd15") and "dit-fast blocks" in names("sd3-medium")
+    assert not {"guidance-embedded", "deepcache"} & set(names("pixart-sigma"))
     for text in (out.read_text(), (ROOT / "reports" / "gpu.md").read_text()):
-        rows = table_rows(text)
-        assert rows == ["row", *NAMES, "row", *NAMES]  # sd15, then sdxl
-        assert text.count(PENDING) == 2 * len(NAMES)
+        assert table_rows(text) == expected  # sd15, sdxl, pixart-sigma, sd3-medium
+        assert text.count(PENDING) == len(expected) - len(ARCHS)
 
 
 def test_peak_table() -> None:

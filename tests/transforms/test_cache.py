@@ -395,12 +395,15 @@ def test_preset_applies_to_unseen_pipelines_and_reloads(build, tmp_path: Path) -
     assert_reloaded(images(loaded), cached)
 
 
-def test_sd15_gpu_rows_fit_the_published_architecture() -> None:
-    from compress.evaluate.cache_gpu import ROWS, STEPS, cached_sd15
+def test_gpu_check_deepcache_row_fits_the_published_architecture() -> None:
+    from compress.evaluate.gpu_rows import Target, baseline, deepcache
     from compress.models.archs import build_arch_pipeline
+    from compress.recipe import Recipe
 
-    base = build_arch_pipeline("sd15", device="meta")  # structure only
-    for interval, branch in ROWS:
-        _, meta = cached_sd15(interval, branch, base=base)
-        assert meta["skip_connections"] == 12 and meta["steps"] == STEPS
-        assert meta["full_calls"] == len(range(0, STEPS, interval))
+    target = Target("sd15", "cuda", "bfloat16", 512, float8=True)
+    pipe = build_arch_pipeline("sd15", device="meta")  # structure only
+    recipe = Recipe(name="deepcache", transforms=[baseline(target), *deepcache()])
+    meta = apply_recipe(pipe, recipe).records[-1].metadata
+    assert meta["skip_connections"] == 12 and meta["steps"] == target.steps == 25
+    assert (meta["interval"], meta["branch"]) == (3, 1)
+    assert meta["full_calls"] == len(range(0, 25, 3)) == 9
