@@ -43,6 +43,20 @@ def one_run(space: str, staged: bool, budget: str, trials: int, out: Path) -> di
     return {"summary": summary, "wall_s": time.perf_counter() - t0, "loadavg_before": load}
 
 
+def reused_run(folder: Path) -> dict[str, Any]:
+    """A finished run's summary, and its wall time as RUN/timings.json gives it (Ray start,
+    baseline and tuning of every session; not the interpreter's start-up)."""
+    summary = json.loads((folder / "summary.json").read_text())
+    sessions = json.loads((folder / "timings.json").read_text())
+    keys = ("ray_init_s", "baseline_s", "tune_s")
+    return {
+        "summary": summary,
+        "wall_s": sum(t.get(k, 0.0) for t in sessions for k in keys),
+        "loadavg_before": None,
+        "folder": str(folder),
+    }
+
+
 def best_at(front: list[dict[str, Any]], quality: float) -> dict[str, Any] | None:
     """The fastest front recipe with at least `quality`."""
     ok = [p for p in front if p["quality"] >= quality]
@@ -56,6 +70,14 @@ def main() -> None:
     p.add_argument("--only", default="", help="comma-separated run labels (default: all)")
     p.add_argument("--out", type=Path, default=Path("runs") / f"joint-{int(time.time())}")
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument(
+        "--reuse",
+        action="append",
+        default=[],
+        metavar="LABEL=RUN",
+        help="take a finished run's folder for LABEL instead of running it (e.g. the main job's "
+        "`compress search` run for 'joint': the same space, budget and model)",
+    )
     args = p.parse_args()
     from compress._quiet import import_heavy
     from compress.search.ledger import read_records
@@ -63,8 +85,12 @@ def main() -> None:
 
     import_heavy()
     chosen = {s.strip() for s in args.only.split(",") if s.strip()}
+    reused = dict(r.split("=", 1) for r in args.reuse)
     results: dict[str, Any] = {}
     for label, space, staged in RUNS:
+        if label in reused:
+            results[label] = reused_run(Path(reused[label]))
+            continue
         if chosen and label not in chosen:
             continue
         folder = args.out / label.replace(" ", "-").replace(",", "")

@@ -191,7 +191,7 @@ def run_search(
                 baseline,
                 console,
                 verbose,
-                points or [],
+                [*start_points(space, records), *(points or [])],
                 deadline,
             )
             times |= {
@@ -201,6 +201,12 @@ def run_search(
             }
     _log_times(run, times)
     return finalize(run)
+
+
+def start_points(space: SearchSpace, records: list[TrialRecord]) -> list[dict[str, Any]]:
+    """The space's start points that no trial of the ledger has run yet (a resumed search does
+    not run them twice)."""
+    return [p for p in space.spec.search.start if all(r.params != p for r in records)]
 
 
 def _log_times(run: Path, times: dict[str, Any]) -> None:

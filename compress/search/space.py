@@ -94,6 +94,30 @@ class SearchSpace:
                 for value in self._extremes(knob):
                     self._config(kind, {field: value}, where=name)
             seen.append(name)
+        for i, point in enumerate(self.spec.search.start):
+            self._check_start(i, point)
+
+    def _check_start(self, i: int, point: dict[str, Any]) -> None:
+        """A start point gives every knob active under it a value in that knob's domain, and
+        nothing else (so a resumed search recognises it among the trials already run)."""
+        from optuna.trial import FixedTrial
+
+        where = f"search space {self.source}: search.start[{i}]"
+        unknown = sorted(set(point) - set(self.spec.knobs))
+        if unknown:
+            raise SpaceError(
+                f"{where} names unknown knobs {unknown}; knobs: {list(self.spec.knobs)}"
+            )
+        for name, value in point.items():
+            if not _in_domain(self.spec.knobs[name], value):
+                raise SpaceError(f"{where}: {name}={value!r} is outside the knob's domain")
+        try:
+            self.suggest(FixedTrial(point, number=0))
+        except ValueError as exc:  # optuna: an active knob without a value
+            raise SpaceError(f"{where}: {exc}") from None
+        idle = sorted(k for k in point if not self._active(self.spec.knobs[k], point))
+        if idle:
+            raise SpaceError(f"{where} sets {idle}, inactive under its other values; drop them")
 
     def _check_when(self, where: str, cond: dict[str, Any], before: list[str]) -> None:
         for ref, want in cond.items():
@@ -276,3 +300,13 @@ def parse_space(data: Any, source: str = "<space>") -> SearchSpace:
 
         spec = narrow(spec, source)
     return SearchSpace(spec, source)
+
+
+def _in_domain(k: Knob, value: Any) -> bool:
+    if k.type == "categorical":
+        return value in (k.choices or [])
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    if k.type == "int" and value != int(value):
+        return False
+    return k.low <= value <= k.high

@@ -50,6 +50,9 @@ class SearchDefaults(_Strict):
     seed: int = 0
     # Stop launching trials after this long (e.g. "12m", "8h"); running trials finish.
     time_budget: str | None = None
+    # Knob values evaluated first, in order (Ray Tune's points_to_evaluate), e.g. each technique
+    # alone at the settings its report found best; the sampler goes on from what they score.
+    start: list[dict[str, Any]] = Field(default_factory=list)
 
 
 class Staged(_Strict):

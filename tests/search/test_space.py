@@ -218,3 +218,36 @@ def test_malformed_structure_is_a_clear_error(tmp_path):
         load_space(bad)
     with pytest.raises(SpaceError, match="not found.*miniature"):
         load_space("no-such-space")
+
+
+def test_start_points_are_validated_and_not_rerun_on_resume():
+    from compress.search.ledger import TrialRecord
+    from compress.search.runner import start_points
+
+    good = {"scheduler": "euler", "karras": True, "steps": 4, "guidance": 3.0}
+    space = _space(search={"start": [good, {"scheduler": "ddim", "steps": 8, "guidance": 1.0}]})
+    assert len(start_points(space, [])) == 2
+    ran = TrialRecord(number=0, state="complete", params=good)
+    assert start_points(space, [ran]) == [{"scheduler": "ddim", "steps": 8, "guidance": 1.0}]
+    bad = {
+        "names unknown knobs \\['sched'\\]": {**good, "sched": "euler"},
+        "steps=64 is outside": {**good, "steps": 64},
+        "scheduler='lms' is outside": {**good, "scheduler": "lms"},
+        "'guidance' is not found": {"scheduler": "ddim", "steps": 8},
+        "sets \\['karras'\\], inactive": {"scheduler": "ddim", "karras": True, "steps": 8,
+                                          "guidance": 1.0},
+    }  # fmt: skip
+    for message, point in bad.items():
+        with pytest.raises(SpaceError, match=f"search.start\\[0\\].*{message}"):
+            _space(search={"start": [point]})
+
+
+def test_the_joint_space_starts_from_each_stage_alone():
+    space = load_space("miniature")
+    stages = [
+        {t.kind for t in space.suggest(FixedTrial(p, number=0)).transforms}
+        for p in space.spec.search.start
+    ]
+    assert {"distill_steps"} in stages and {"prune_blocks", "distill", "sampler"} in stages
+    assert {"quantize", "sampler"} in stages and {"sampler", "cache"} in stages
+    assert all(len(s - {"sampler", "distill"}) <= 1 for s in stages)  # one technique each
