@@ -22,6 +22,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def pipe():
+    if not (miniature_dit.WEIGHTS / "model_index.json").is_file():
+        # no trained weights meet the model's bar (adherence >= 0.8) yet: nothing to check
+        pytest.skip(f"no DiT miniature in {miniature_dit.WEIGHTS}: scripts/train_miniature_dit.py")
     return load_pipeline("miniature-dit")
 
 
