@@ -44,7 +44,7 @@ class Scores(_Strict):
     flags: list[str] = Field(default_factory=list)  # e.g. "quantized-but-not-faster"
     # Paired timing (compress.evaluate.paired): median per-round ratio of the uncompressed
     # baseline's time to this candidate's, timed in alternation in one process, with its 95%
-    # bootstrap interval; `reference` says how the baseline was called and how many rounds ran.
+    # interval; `reference` says how the baseline was called and how many rounds ran.
     speedup: float | None = None
     speedup_ci: list[float] | None = None
     reference: dict[str, Any] = Field(default_factory=dict)

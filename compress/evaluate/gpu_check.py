@@ -222,7 +222,7 @@ def first_call(built: Built, target: Target) -> None:
 
 def measure(rows: list[Built], target: Target, rounds: int, warmup: int, peak: float | None):
     """All built rows in alternating rounds against the baseline; fills each `result`."""
-    from compress.evaluate.paired import CANDIDATE, bootstrap_median, paired_latency
+    from compress.evaluate.paired import CANDIDATE, median_interval, paired_latency
     from compress.transforms.cache import cache_stats
 
     base = rows[0]
@@ -259,8 +259,8 @@ def measure(rows: list[Built], target: Target, rounds: int, warmup: int, peak: f
             "run_peak_mb": run_peak,
             "peak_mb": b.weights_mb + run_peak if run_peak is not None else None,
             "compile_s": max(b.first_ms - median, 0.0) / 1e3 if b.compiled and b.first_ms else None,
-            "x_baseline": _ratio(runs[base.row.name], mine, bootstrap_median),
-            "x_compile": _ratio(runs["compile"], mine, bootstrap_median)
+            "x_baseline": _ratio(runs[base.row.name], mine, median_interval),
+            "x_compile": _ratio(runs["compile"], mine, median_interval)
             if b.compiled and "compile" in runs and name != "compile"
             else None,
         }

@@ -101,8 +101,8 @@ def markdown(report: dict[str, Any]) -> str:
         lines += [f"## {arch} ({report['resolution'][arch]} px)", "", *table(results), ""]
     lines += [
         "Columns: end-to-end ms is the median over rounds (± interquartile range); x baseline "
-        "and x compile are speed-ups, the median of per-round ratios with a 95% bootstrap "
-        "interval (x compile: a quantized or combined row against the unquantized `compile` "
+        "and x compile are speed-ups, the median of per-round ratios with its 95% "
+        "distribution-free interval (x compile: a quantized or combined row against the unquantized `compile` "
         "row, under the same compile transform); denoiser ms/call is the denoiser's time per "
         "call (CUDA events around each call) and a cached row's calls are counted as all calls "
         "(the full ones in brackets); MFU is the FLOPs of one denoiser call (torch's "

@@ -28,7 +28,7 @@ def _hover(r: TrialRecord) -> str:
 
 
 def _errors(records: list[TrialRecord]) -> dict[str, Any]:
-    """Horizontal error bars: each speed-up's 95% bootstrap interval."""
+    """Horizontal error bars: each speed-up's 95% interval."""
     ci = [r.speedup_ci or [r.speedup, r.speedup] for r in records]
     return {
         "type": "data",

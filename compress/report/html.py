@@ -117,7 +117,7 @@ def _overview(cfg: dict[str, Any], s: dict[str, Any], metric: str, scores: dict)
         (
             "latency",
             "paired: each candidate timed in alternating rounds with the uncompressed model in "
-            "its own worker; speed-up = median per-round ratio, with its 95% bootstrap interval",
+            "its own worker; speed-up = median per-round ratio, with its 95% interval",
         ),
         (
             "sampler",

@@ -43,7 +43,7 @@ class TrialRecord(BaseModel):
     transforms: list[dict[str, Any]] = Field(default_factory=list)
     # Paired timing in the trial's own worker: the candidate's median (absolute, ms), the
     # uncompressed baseline's in the same rounds, and the speed-up (median per-round ratio) with
-    # its 95% bootstrap interval; the parent's for a quantized candidate.
+    # its 95% interval (order statistics); the parent's for a quantized candidate.
     latency_ms: float | None = None
     reference_latency_ms: float | None = None
     speedup: float | None = None
