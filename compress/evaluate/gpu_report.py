@@ -100,17 +100,16 @@ def markdown(report: dict[str, Any]) -> str:
     for arch, results in report["archs"].items():
         lines += [f"## {arch} ({report['resolution'][arch]} px)", "", *table(results), ""]
     lines += [
-        "Columns: end-to-end ms is the median over rounds (± interquartile range); x baseline "
-        "and x compile are speed-ups, the median of per-round ratios with its 95% "
-        "distribution-free interval (x compile: a quantized or combined row against the unquantized `compile` "
-        "row, under the same compile transform); denoiser ms/call is the denoiser's time per "
-        "call (CUDA events around each call) and a cached row's calls are counted as all calls "
-        "(the full ones in brackets); MFU is the FLOPs of one denoiser call (torch's "
-        "FlopCounterMode on the network before quantization) over that time and the device's "
-        "dense bf16 peak (empty for an unknown device, and for a cached row, whose calls differ "
-        "in cost); peak MiB is the row's weights plus the "
-        "largest allocator peak of a timed run above its start; compile s is the first call "
-        "minus the median run.",
+        "Columns: end-to-end ms is the median over rounds (± interquartile range); x baseline and"
+        " x compile are speed-ups, the median of per-round ratios with its 95% distribution-free "
+        "interval (x compile: a quantized or combined row against the unquantized `compile` row, "
+        "under the same compile transform); denoiser ms/call is the denoiser's time per call "
+        "(CUDA events around each call) and a cached row's calls are counted as all calls (the "
+        "full ones in brackets); MFU is the FLOPs of one denoiser call (torch's FlopCounterMode "
+        "on the network before quantization) over that time and the device's dense bf16 peak "
+        "(empty for an unknown device, and for a cached row, whose calls differ in cost); peak "
+        "MiB is the row's weights plus the largest allocator peak of a timed run above its start;"
+        " compile s is the first call minus the median run.",
         "",
         *HOW_TO_RUN,
     ]
