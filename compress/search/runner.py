@@ -204,9 +204,10 @@ def run_search(
 
 
 def start_points(space: SearchSpace, records: list[TrialRecord]) -> list[dict[str, Any]]:
-    """The space's start points that no trial of the ledger has run yet (a resumed search does
-    not run them twice)."""
-    return [p for p in space.spec.search.start if all(r.params != p for r in records)]
+    """The space's start points that no trial of the ledger has finished (a resumed search does
+    not run them twice, and runs again one that an interruption cut short)."""
+    done = [r.params for r in records if r.state in FINISHED]
+    return [p for p in space.spec.search.start if p not in done]
 
 
 def _log_times(run: Path, times: dict[str, Any]) -> None:

@@ -229,6 +229,8 @@ def test_start_points_are_validated_and_not_rerun_on_resume():
     assert len(start_points(space, [])) == 2
     ran = TrialRecord(number=0, state="complete", params=good)
     assert start_points(space, [ran]) == [{"scheduler": "ddim", "steps": 8, "guidance": 1.0}]
+    cut = TrialRecord(number=0, state="interrupted", params=good)
+    assert len(start_points(space, [cut])) == 2  # an interrupted start point runs again
     bad = {
         "names unknown knobs \\['sched'\\]": {**good, "sched": "euler"},
         "steps=64 is outside": {**good, "steps": 64},
