@@ -284,6 +284,7 @@ def _tune(
         limits,
         quality_margin=st.quality_margin,
         latency_tolerance=st.latency_tolerance,
+        deadline=deadline,
     )
     job = TrialJob(
         run=str(run),

@@ -90,8 +90,10 @@ class RungScheduler(FIFOScheduler):
         *,
         quality_margin: float,
         latency_tolerance: float,
+        deadline: float | None = None,
     ) -> None:
         super().__init__()
+        self._deadline = deadline  # time.time() of the time budget's end
         self._points = {k: list(v) for k, v in points.items()}
         self._limits = limits
         self._margin = quality_margin
@@ -104,6 +106,10 @@ class RungScheduler(FIFOScheduler):
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
         if result.get("stage") != 1 or result.get("duplicate_of") is not None:
             return TrialScheduler.CONTINUE
+        if self._deadline is not None and time.time() >= self._deadline and rung_of(result) < 1:
+            # the budget is spent: a training candidate ends at the rung it reached (its score
+            # there is kept) instead of training on past the budget
+            return TrialScheduler.STOP
         if self._limits.violations(result.get("latency_ms"), None).get("max_latency", 0) > 0:
             return TrialScheduler.STOP
         low = result.get("speedup_low")

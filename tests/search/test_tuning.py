@@ -79,6 +79,18 @@ def test_rung_scheduler_compares_only_points_of_the_same_rung():
     assert decide({**rung(1.0, 0.9, 0.0), "duplicate_of": 2}) == go
 
 
+def test_past_the_time_budget_a_training_candidate_ends_at_its_rung():
+    import time
+
+    sched = RungScheduler(
+        {}, Limits(), quality_margin=0.0, latency_tolerance=0.0, deadline=time.time() - 1
+    )
+    decide = lambda r: sched.on_trial_result(None, None, r)  # noqa: E731
+    assert decide(rung(0.5, 0.2, 0.7)) == TrialScheduler.STOP  # would have gone on in budget
+    assert decide(rung(1.0, 0.2, 0.7)) == TrialScheduler.CONTINUE  # trained: it is evaluated
+    assert decide(rung(None, 0.2, 0.7)) == TrialScheduler.CONTINUE  # trains nothing
+
+
 def test_rung_points_resume_from_the_ledger():
     faster = TrialRecord(
         number=0,
