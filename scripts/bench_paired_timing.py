@@ -31,7 +31,13 @@ IDENTITY = {"scheduler": "dpmsolver++", "steps": 20, "guidance_scale": 4.0}
 def space(name: str, sampler: dict[str, Any], rounds: int) -> dict[str, Any]:
     return {
         "name": name,
-        "search": {"model": "miniature", "metric": "miniature", "trials": 5, "max_concurrent": 2},
+        "search": {
+            "model": "miniature",
+            "metric": "miniature",
+            "trials": 5,
+            "max_concurrent": 1,
+            "cpus_per_trial": 2,
+        },
         "evaluation": {"num_prompts": 8, "timed_runs": rounds, "warmup": 1},
         "baseline": {"steps": 20, "guidance_scale": 4.0},
         "staged": {"enabled": False},
