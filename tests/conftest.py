@@ -30,6 +30,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_dynamo():
+    """Each test compiles from a clean dynamo cache: in one xdist worker the compile tests of
+    many models would otherwise add up past dynamo's recompile limit (fullgraph: a failure)."""
+    yield
+    import sys
+
+    if "torch._dynamo" in sys.modules:
+        sys.modules["torch._dynamo"].reset()
+
+
 @pytest.fixture
 def tiny_pipe():
     """A fresh SD1.x-shaped random pipeline (UNet channels 32/64, two layers per block)."""
