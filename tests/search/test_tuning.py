@@ -200,7 +200,7 @@ def test_target_gpu_is_a_ray_accelerator_resource(monkeypatch, tiny_dir):
     )
     assert cfg.device == "cuda"
     res = trial_resources(cfg)
-    assert res == {"cpu": 1.0, "gpu": 1.0, "accelerator_type:H100": 0.001}
+    assert res == {"cpu": 2.0, "gpu": 1.0, "accelerator_type:H100": 0.001}  # the space asks 2 CPUs
     import ray
 
     monkeypatch.setattr(
