@@ -9,7 +9,7 @@ from compress.models.tokenizer import build_word_tokenizer
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 # Stable Diffusion's training noise schedule, so SD schedulers and transforms apply unchanged.
 SCHEDULE: dict[str, Any] = {
@@ -47,9 +47,16 @@ def build_vae() -> AutoencoderKL:
 
 def build_text_encoder(tok: CLIPTokenizer) -> CLIPTextModel:
     """A 2-layer CLIP text transformer of width 64 over the whole-word vocabulary."""
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextModel
 
-    cfg = CLIPTextConfig(
+    return CLIPTextModel(text_config(tok))
+
+
+def text_config(tok: CLIPTokenizer) -> CLIPTextConfig:
+    """The miniatures' text encoder: 2 layers of width 64, 4 heads, a projection of width 64."""
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
         vocab_size=len(tok),
         hidden_size=TEXT_WIDTH,
         intermediate_size=4 * TEXT_WIDTH,
@@ -61,7 +68,6 @@ def build_text_encoder(tok: CLIPTokenizer) -> CLIPTextModel:
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
     )
-    return CLIPTextModel(cfg)
 
 
 def build_unet() -> UNet2DConditionModel:

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from compress.models.miniature.build import LATENT_SIZE, build_tokenizer
-from compress.models.miniature.data import MAX_TOKENS
+from compress.models.miniature.build import LATENT_SIZE, build_tokenizer, text_config
 
 if TYPE_CHECKING:
     from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
@@ -25,22 +24,10 @@ __all__ = ["build_tokenizer"]
 
 
 def build_text_encoder(tok: CLIPTokenizer) -> CLIPTextModelWithProjection:
-    """A 2-layer CLIP text transformer of width 64 with a projection for the pooled output."""
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+    """The UNet miniature's text encoder, with a projection for the pooled output."""
+    from transformers import CLIPTextModelWithProjection
 
-    cfg = CLIPTextConfig(
-        vocab_size=len(tok),
-        hidden_size=TEXT_WIDTH,
-        intermediate_size=4 * TEXT_WIDTH,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=MAX_TOKENS,
-        projection_dim=TEXT_WIDTH,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    return CLIPTextModelWithProjection(cfg)
+    return CLIPTextModelWithProjection(text_config(tok))
 
 
 def build_transformer(layers: int = 4, patch_size: int = 2) -> SD3Transformer2DModel:
