@@ -14,6 +14,7 @@ import yaml
 
 from compress.errors import CompressError
 from compress.recipe import write_atomic
+from compress.search.compose import compositions
 from compress.search.config import SearchConfig, save_config
 from compress.search.ledger import (
     MODEL_FILE,
@@ -178,27 +179,32 @@ def run_search(
         times["baseline_s"] = time.perf_counter() - t0
         mark_interrupted(run)
         records = read_records(run)
-        remaining = cfg.trials - sum(r.state in FINISHED for r in records)
-        if remaining > 0:
+        compose = space.spec.search.compose
+        tune_s, launched = 0.0, 0
+        for phase in ("start", "compose"):
+            remaining = cfg.trials - sum(r.state in FINISHED for r in records)
+            if phase == "start":
+                queued = [*start_points(space, records), *(points or [])]
+                if compose:  # stop after the start points: their unions come next
+                    remaining = min(remaining, len(queued))
+            elif not compose or (deadline is not None and time.time() >= deadline):
+                break
+            else:
+                queued = compositions(space, records)
+            if remaining <= 0:
+                continue
             t0 = time.perf_counter()
             _tune(
-                cfg,
-                space,
-                run,
-                records,
-                remaining,
-                resources,
-                baseline,
-                console,
-                verbose,
-                [*start_points(space, records), *(points or [])],
-                deadline,
-            )
-            times |= {
-                "tune_s": time.perf_counter() - t0,
-                "trials": remaining,
-                "max_concurrent": cfg.max_concurrent,
-            }
+                cfg, space, run, records, remaining, resources, baseline, console, verbose,
+                queued, deadline,
+            )  # fmt: skip
+            tune_s += time.perf_counter() - t0
+            launched += remaining
+            before, records = len(records), read_records(run)
+            if len(records) - before < remaining:  # interrupted, or the time budget ran out
+                break
+        if launched:
+            times |= {"tune_s": tune_s, "trials": launched, "max_concurrent": cfg.max_concurrent}
     _log_times(run, times)
     return finalize(run)
 

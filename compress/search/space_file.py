@@ -53,6 +53,9 @@ class SearchDefaults(_Strict):
     # Knob values evaluated first, in order (Ray Tune's points_to_evaluate), e.g. each technique
     # alone at the settings its report found best; the sampler goes on from what they score.
     start: list[dict[str, Any]] = Field(default_factory=list)
+    # After the start points, the union of every two that were faster than the baseline
+    # (compress.search.compose), cheapest first; then the sampler.
+    compose: bool = False
 
 
 class Staged(_Strict):
