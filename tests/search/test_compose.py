@@ -20,7 +20,10 @@ def _record(number, params, speedup, low=None, training=False, state="complete")
 
 def test_compositions_merge_faster_candidates_cheapest_first():
     space = load_space("miniature")
-    unipc, cached, blocks, student = space.spec.search.start[:4]
+    unipc, blocks, student = space.spec.search.start
+    cached = {**unipc, "scheduler": "dpmsolver++", "steps": 20, "guidance_scale": 4.0,
+              "caching": "deepcache", "cache_interval": 3, "cache_branch": 1,
+              "cache_schedule": "uniform"}  # fmt: skip
     records = [
         _record(0, unipc, 4.4),
         _record(1, cached, 1.8),
@@ -48,7 +51,7 @@ def test_compositions_merge_faster_candidates_cheapest_first():
 def test_the_search_runs_the_start_points_then_their_unions_then_the_sampler(tmp_path, monkeypatch):
     from compress.search import baseline, results, runner
 
-    speed = {0: 4.4, 1: 1.8, 2: 1.7, 3: 7.3}
+    speed = {0: 4.4, 1: 1.7, 2: 7.3}
     calls: list[tuple[int, list]] = []
 
     def tune(cfg, space, run, records, remaining, *rest):
@@ -57,7 +60,7 @@ def test_the_search_runs_the_start_points_then_their_unions_then_the_sampler(tmp
         for i in range(remaining):  # each trial takes the next point, as Optuna enqueues them
             n = len(records) + i
             params = points[i] if i < len(points) else {}
-            write_record(run, _record(n, params, speed.get(n, 2.0), training=n in (2, 3)))
+            write_record(run, _record(n, params, speed.get(n, 2.0), training=n in (1, 2)))
 
     monkeypatch.setattr(runner, "_tune", tune)
     monkeypatch.setattr(runner, "ray_session", lambda *a: contextlib.nullcontext())
@@ -70,6 +73,6 @@ def test_the_search_runs_the_start_points_then_their_unions_then_the_sampler(tmp
     assert calls[0] == (len(start), start)  # the start points alone first
     remaining, unions = calls[1]
     assert remaining == 12 - len(start)
-    ran = [_record(n, p, speed[n], training=n in (2, 3)) for n, p in enumerate(start)]
+    ran = [_record(n, p, speed[n], training=n in (1, 2)) for n, p in enumerate(start)]
     assert unions == compositions(space, ran)
-    assert {**start[2], "scheduler": "unipc", "steps": 4, "guidance_scale": 3.0} in unions
+    assert {**start[1], "scheduler": "unipc", "steps": 4, "guidance_scale": 3.0} in unions
