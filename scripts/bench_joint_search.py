@@ -26,7 +26,7 @@ RUNS = [
     ("pruning", "miniature-pruning", True),
     ("quantize", "miniature-quantize", True),
     ("distill", "miniature-distill", True),
-    ("joint, no early stopping", "miniature", False),
+    ("joint without early stopping", "miniature", False),  # no comma: --only splits on them
 ]
 
 
@@ -93,7 +93,7 @@ def main() -> None:
             continue
         if chosen and label not in chosen:
             continue
-        folder = args.out / label.replace(" ", "-").replace(",", "")
+        folder = args.out / label.replace(" ", "-")
         print(f"== {label}: {space}, staged {staged}, budget {args.budget}", flush=True)
         results[label] = one_run(space, staged, args.budget, args.trials, folder)
         results[label]["folder"] = str(folder)

@@ -199,8 +199,8 @@ def run_search(
                 queued, deadline,
             )  # fmt: skip
             tune_s += time.perf_counter() - t0
-            launched += remaining
             before, records = len(records), read_records(run)
+            launched += len(records) - before
             if len(records) - before < remaining:  # interrupted, or the time budget ran out
                 break
         if launched:

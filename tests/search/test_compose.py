@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 
 from optuna.trial import FixedTrial
 
@@ -48,8 +49,19 @@ def test_compositions_merge_faster_candidates_cheapest_first():
         space._check_start(0, p)
 
 
-def test_the_search_runs_the_start_points_then_their_unions_then_the_sampler(tmp_path, monkeypatch):
+def _offline(monkeypatch, tune) -> None:
+    """The runner without Ray, baseline or report: `tune` stands in for the Tuner."""
     from compress.search import baseline, results, runner
+
+    monkeypatch.setattr(runner, "_tune", tune)
+    monkeypatch.setattr(runner, "ray_session", lambda *a: contextlib.nullcontext())
+    monkeypatch.setattr(runner, "check_cluster", lambda res: None)
+    monkeypatch.setattr(baseline, "ensure_baseline", lambda *a: {"quality": 0.7})
+    monkeypatch.setattr(results, "finalize", lambda run: {"run": run.name})
+
+
+def test_the_search_runs_the_start_points_then_their_unions_then_the_sampler(tmp_path, monkeypatch):
+    from compress.search import runner
 
     speed = {0: 4.4, 1: 1.7, 2: 7.3}
     calls: list[tuple[int, list]] = []
@@ -62,11 +74,7 @@ def test_the_search_runs_the_start_points_then_their_unions_then_the_sampler(tmp
             params = points[i] if i < len(points) else {}
             write_record(run, _record(n, params, speed.get(n, 2.0), training=n in (1, 2)))
 
-    monkeypatch.setattr(runner, "_tune", tune)
-    monkeypatch.setattr(runner, "ray_session", lambda *a: contextlib.nullcontext())
-    monkeypatch.setattr(runner, "check_cluster", lambda res: None)
-    monkeypatch.setattr(baseline, "ensure_baseline", lambda *a: {"quality": 0.7})
-    monkeypatch.setattr(results, "finalize", lambda run: {"run": run.name})
+    _offline(monkeypatch, tune)
     cfg, space = resolve_config("miniature", out=str(tmp_path / "run"), trials=12)
     runner.run_search(cfg, space)
     start = space.spec.search.start
@@ -76,3 +84,19 @@ def test_the_search_runs_the_start_points_then_their_unions_then_the_sampler(tmp
     ran = [_record(n, p, speed[n], training=n in (1, 2)) for n, p in enumerate(start)]
     assert unions == compositions(space, ran)
     assert {**start[1], "scheduler": "unipc", "steps": 4, "guidance_scale": 3.0} in unions
+    assert json.loads((cfg.run / "timings.json").read_text())[-1]["trials"] == 12
+
+
+def test_an_interrupted_start_phase_does_not_go_on_to_compose(tmp_path, monkeypatch):
+    from compress.search import runner
+
+    calls: list[int] = []
+
+    def tune(cfg, space, run, records, remaining, *rest):
+        calls.append(remaining)
+        write_record(run, _record(0, rest[-2][0], 4.4))  # one trial finished, then Ctrl-C
+
+    _offline(monkeypatch, tune)
+    cfg, space = resolve_config("miniature", out=str(tmp_path / "run"), trials=12)
+    runner.run_search(cfg, space)
+    assert calls == [len(space.spec.search.start)]
