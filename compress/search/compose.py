@@ -23,9 +23,9 @@ if TYPE_CHECKING:
 def compositions(space: SearchSpace, records: list[TrialRecord]) -> list[dict[str, Any]]:
     """Knob values merging each pair of faster candidates, not yet run, cheapest first.
 
-    Order: pairs of which at most one trains (their training prefix is cached, so they cost an
-    evaluation) before pairs that both train; within each, the larger product of the two
-    measured speed-ups first.
+    Order: pairs of which at most one trains (that one left its trained prefix in the cache, so
+    the union usually costs one evaluation) before pairs that both train; within each, the
+    larger product of the two measured speed-ups first.
     """
     ingredients = [
         r
