@@ -6,7 +6,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -179,18 +179,22 @@ def run_search(
         times["baseline_s"] = time.perf_counter() - t0
         mark_interrupted(run)
         records = read_records(run)
-        compose = space.spec.search.compose
+        # Phases, each a queue of knob values run first, then the sampler: the start points,
+        # then (when the space composes) the unions of those that were faster. Every phase but
+        # the last runs only its queue, so that the next one sees its results.
+        phases: list[Callable[[list[TrialRecord]], list[dict[str, Any]]]] = [
+            lambda recs: [*start_points(space, recs), *(points or [])]
+        ]
+        if space.spec.search.compose:
+            phases.append(lambda recs: compositions(space, recs))
         tune_s, launched = 0.0, 0
-        for phase in ("start", "compose"):
-            remaining = cfg.trials - sum(r.state in FINISHED for r in records)
-            if phase == "start":
-                queued = [*start_points(space, records), *(points or [])]
-                if compose:  # stop after the start points: their unions come next
-                    remaining = min(remaining, len(queued))
-            elif not compose or (deadline is not None and time.time() >= deadline):
+        for i, queue in enumerate(phases):
+            if i and deadline is not None and time.time() >= deadline:
                 break
-            else:
-                queued = compositions(space, records)
+            queued = queue(records)
+            remaining = cfg.trials - sum(r.state in FINISHED for r in records)
+            if i < len(phases) - 1:
+                remaining = min(remaining, len(queued))
             if remaining <= 0:
                 continue
             t0 = time.perf_counter()

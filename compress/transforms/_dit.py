@@ -5,6 +5,7 @@ blocks' weights renumbered, block importance measured on calibration calls, exam
 from __future__ import annotations
 
 import re
+import warnings
 from typing import TYPE_CHECKING, Any
 
 from compress.errors import CompressError
@@ -150,6 +151,13 @@ def removal(pipe: Any, cfg: Any, ctx: Any) -> tuple[list[int], dict[str, Any]]:
     removed = sorted(set(preset_blocks(net, cfg.every, cfg.last)) | set(named))
     check_removal(net, removed)
     importance = cfg.importance
+    if not removed and not importance:  # a shipped preset (dit-fast) on a shallow transformer
+        warnings.warn(
+            f"prune_blocks every={cfg.every} last={cfg.last} removes no block of this "
+            f"{num_blocks(net)}-block transformer (the first and the last stay): it is unchanged; "
+            "name blocks with remove or use importance",
+            stacklevel=2,
+        )
     if not importance:
         return removed, {}
     from compress.quantize_calibration import calibration_calls

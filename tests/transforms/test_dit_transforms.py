@@ -103,6 +103,9 @@ def test_presets_keep_the_first_and_last_block_and_sd3_its_closing_block() -> No
         run(build_tiny_sd3_pipeline(), PruneBlocksConfig(remove=("transformer_blocks.3",)))
     with pytest.raises(CompressError, match="at most 2 can go"):
         run(build_tiny_sd3_pipeline(), PruneBlocksConfig(last=3))
+    with pytest.warns(UserWarning, match="removes no block of this 4-block transformer"):
+        unchanged = run(build_tiny_sd3_pipeline(), PruneBlocksConfig(every=7)).records[0]
+    assert unchanged.metadata["removed"] == []
 
 
 def test_block_removal_options_name_what_applies() -> None:
