@@ -8,7 +8,7 @@ from compress.context import RunContext
 from compress.errors import FingerprintMismatch, RecipeError, RestoreMismatch
 from compress.models.fingerprint import fingerprint
 from compress.recipe import Recipe, Record, library_versions
-from compress.transforms.base import Stage, spec_of
+from compress.transforms.base import Metadata, Stage, TransformConfig, spec_of
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
@@ -36,11 +36,16 @@ def apply_recipe(pipe: DiffusionPipeline, recipe: Recipe, ctx: RunContext | None
     base = fingerprint(pipe)
     _keep_teacher(pipe, recipe, ctx)
     records = [
-        Record(kind=cfg.kind, metadata=spec_of(cfg).apply(pipe, cfg, ctx))
-        for cfg in recipe.transforms
+        Record(kind=cfg.kind, metadata=run_transform(pipe, cfg, ctx)) for cfg in recipe.transforms
     ]
     provenance = recipe.provenance.model_copy(update={"versions": library_versions()})
     return recipe.model_copy(update={"base": base, "records": records, "provenance": provenance})
+
+
+def run_transform(pipe: DiffusionPipeline, cfg: TransformConfig, ctx: RunContext) -> Metadata:
+    """Apply one transform in place, its random draws seeded by the context (RunContext.seeded)."""
+    with ctx.seeded():
+        return spec_of(cfg).apply(pipe, cfg, ctx)
 
 
 def _keep_teacher(pipe: DiffusionPipeline, recipe: Recipe, ctx: RunContext) -> None:
@@ -82,7 +87,7 @@ def restore(
         if spec.restore is not None:
             spec.restore(pipe, cfg, record.metadata)
             continue
-        got = spec.apply(pipe, cfg, ctx)
+        got = run_transform(pipe, cfg, ctx)
         if got != record.metadata:
             keys = sorted(
                 k for k in {*got, *record.metadata} if got.get(k) != record.metadata.get(k)

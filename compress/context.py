@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,3 +25,17 @@ class RunContext:
     out_dir: Path | None = None
     # Free-form handles later transforms share (e.g. cached calibration activations).
     cache: dict[str, Any] = field(default_factory=dict)
+
+    @contextlib.contextmanager
+    def seeded(self) -> Iterator[None]:
+        """Torch's global generators seeded with `seed` inside, the caller's state restored
+        after. Every transform runs in one, so that its draws (a LoRA adapter's initialisation,
+        a new layer's default init) do not depend on the process: torch seeds its default
+        generator at random on start-up, and a prefix from the search's cache must continue
+        exactly as the uncached recipe would."""
+        import torch
+
+        cuda = torch.cuda.is_initialized()
+        with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if cuda else []):
+            torch.manual_seed(self.seed)
+            yield

@@ -222,6 +222,7 @@ class Builder:
         return pipe, load_recipe(folder / "recipe.yaml")
 
     def _apply(self, pipe: Any, cfg: TransformConfig, work: Path | None) -> Any:
+        from compress.apply import run_transform
         from compress.context import RunContext
         from compress.recipe import Record
 
@@ -231,7 +232,7 @@ class Builder:
                 self._teacher = self._load()
             ctx.teacher = self._teacher
         t0 = time.perf_counter()
-        metadata = spec_of(cfg).apply(pipe, cfg, ctx)
+        metadata = run_transform(pipe, cfg, ctx)
         self.log.info("applied %s in %.1f s", cfg.kind, time.perf_counter() - t0)
         return Record(kind=cfg.kind, metadata=metadata)
 
