@@ -8,7 +8,7 @@ from compress.context import RunContext
 from compress.errors import FingerprintMismatch, RecipeError, RestoreMismatch
 from compress.models.fingerprint import fingerprint
 from compress.recipe import Recipe, Record, library_versions
-from compress.transforms.base import Metadata, Stage, TransformConfig, spec_of
+from compress.transforms.base import Metadata, Stage, TransformConfig, run_order, spec_of
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
@@ -30,16 +30,22 @@ def apply_recipe(pipe: DiffusionPipeline, recipe: Recipe, ctx: RunContext | None
     """Run each transform on `pipe` in place; return the recipe with fresh records and base.
 
     Data-dependent choices (channel importance, calibration) are recomputed on these weights.
+    Transforms run in `run_order` (a recipe may list runtime transforms in any order); records
+    stay in the recipe's order.
     """
+    from compress.generate import call_defaults
+
     ctx = ctx or RunContext()
     check_fingerprint(pipe, recipe)
-    base = fingerprint(pipe)
+    base, base_call = fingerprint(pipe), call_defaults(pipe)
     _keep_teacher(pipe, recipe, ctx)
-    records = [
-        Record(kind=cfg.kind, metadata=run_transform(pipe, cfg, ctx)) for cfg in recipe.transforms
-    ]
+    metadata: dict[int, Metadata] = {}
+    for i in run_order(recipe.transforms):
+        metadata[i] = run_transform(pipe, recipe.transforms[i], ctx)
+    records = [Record(kind=c.kind, metadata=metadata[i]) for i, c in enumerate(recipe.transforms)]
     provenance = recipe.provenance.model_copy(update={"versions": library_versions()})
-    return recipe.model_copy(update={"base": base, "records": records, "provenance": provenance})
+    update = {"base": base, "base_call": base_call, "records": records, "provenance": provenance}
+    return recipe.model_copy(update=update)
 
 
 def run_transform(pipe: DiffusionPipeline, cfg: TransformConfig, ctx: RunContext) -> Metadata:
@@ -77,7 +83,8 @@ def restore(
             f"recipe {recipe.name!r} has no recorded metadata for its transforms; "
             "use apply (which computes it) instead of restore"
         )
-    for cfg, record in zip(recipe.transforms, recipe.records, strict=True):
+    for i in run_order(recipe.transforms):
+        cfg, record = recipe.transforms[i], recipe.records[i]
         spec = spec_of(cfg)
         if only_replayed and spec.on_load is not None:
             spec.on_load(pipe, cfg, record.metadata)

@@ -110,22 +110,11 @@ def apply(
     with console.status(f"saving to {out}"):
         save_artifact(pipe, applied, out, overwrite=overwrite)
     console.print(f"[green]wrote[/green] {out}")
-    loader = "DiffusionPipeline.from_pretrained" if applied.native else "compress.load"
-    dtypes = [r.metadata["load_dtype"] for r in applied.records if "load_dtype" in r.metadata]
-    extra = f", torch_dtype=torch.{dtypes[0]}" if dtypes and applied.native else ""
-    console.print(f"load it with {loader}({str(out)!r}{extra})")
-    sampler = applied.find("sampler")
-    if sampler is not None:
-        console.print(
-            f"sample with num_inference_steps={sampler.steps}, "
-            f"guidance_scale={sampler.guidance_scale} (compress.load sets these as defaults)"
-        )
-    elif applied.find("distill_steps") is not None:  # the consistency student's LCMScheduler call
-        md = next(r.metadata for r in applied.records if r.kind == "distill_steps")
-        console.print(
-            f"sample with num_inference_steps={md['num_inference_steps']}, "
-            f"guidance_scale={md['guidance_scale']} (compress.load sets these as defaults)"
-        )
+    from compress.generate import call_defaults
+    from compress.models.artifact import loading_notes
+
+    for line in loading_notes(applied, out, call_defaults(pipe)):
+        console.print(line, highlight=False)
 
 
 @recipe_app.command("validate")
@@ -370,6 +359,34 @@ def search(
         data=str(data) if data else None,
         prompts=str(prompts) if prompts else None,
     )
+
+
+@app.command()
+def export(
+    run: Annotated[Path, typer.Argument(help="A search run folder.")],
+    trial: Annotated[str, typer.Argument(help="Trial number or front recipe name.")],
+    out: Annotated[Path, _Opt(help="Folder to write the candidate to.")],
+    overwrite: Annotated[bool, _Opt(help="Replace an existing --out folder.")] = False,
+    check: Annotated[
+        bool, _Opt(help="Regenerate the trial's scored images and compare them.")
+    ] = True,
+) -> None:
+    """Write a trial's candidate from the run's prefix cache, without training it again."""
+    heavy()
+    from compress.models.artifact import loading_notes
+    from compress.recipe import load_recipe
+    from compress.search.export import export_trial, summary_lines
+
+    with console.status(f"exporting trial {trial} of {run}"):
+        done = export_trial(run, trial, out, overwrite=overwrite, check=check)
+    console.print(f"[green]wrote[/green] {done.folder}")
+    for line in summary_lines(done):
+        console.print(line, highlight=False)
+    recipe = load_recipe(done.folder / "recipe.yaml")
+    for line in loading_notes(recipe, done.folder, done.call):
+        console.print(line, highlight=False)
+    if done.max_level_diff:
+        raise typer.Exit(1)
 
 
 @app.command()

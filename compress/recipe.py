@@ -67,6 +67,10 @@ class Recipe(_Strict):
     name: str = Field(min_length=1)
     description: str = ""
     base: Fingerprint | None = None  # None: applies to any architecture
+    # Once applied: the call arguments the base model was sampled with before any transform (its
+    # recorded defaults, e.g. the miniature's 20 steps): a saved folder does not hold them, and
+    # loading sets them again before replaying the transforms.
+    base_call: dict[str, Any] = Field(default_factory=dict)
     transforms: list[SerializeAsAny[TransformConfig]] = Field(min_length=1)
     records: list[Record] = Field(default_factory=list)
     scores: Scores | None = None

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from compress.apply import restore
 from compress.errors import CompressError
+from compress.generate import set_call_defaults
 from compress.recipe import Recipe, load_recipe, save_recipe
 from compress.transforms.base import spec_of
 
@@ -78,6 +79,8 @@ def load_artifact(folder: str | os.PathLike[str], **kwargs: Any) -> DiffusionPip
             kwargs.setdefault("dtype", record.metadata["load_dtype"])
     if recipe.native:
         pipe = load_pipeline(str(folder), **kwargs)
+        if recipe.base_call:
+            set_call_defaults(pipe, **recipe.base_call)
         restore(pipe, recipe, only_replayed=True)
         return pipe
     return _load_restructured(folder, recipe, **kwargs)
@@ -103,6 +106,8 @@ def _load_restructured(folder: Path, recipe: Recipe, **kwargs: Any) -> Diffusion
         for key in record.metadata.get("unet_config_added", []):
             config[key] = None
     pipe = load_pipeline(str(folder), **{attr: cls.from_config(config)}, **kwargs)
+    if recipe.base_call:
+        set_call_defaults(pipe, **recipe.base_call)
     # runtime transforms (e.g. compile) wrap the finished denoiser: replayed after its weights
     structure, runtime = _split_runtime(recipe)
     restore(pipe, structure, only_replayed=True)
@@ -152,3 +157,39 @@ def _load_weights(path: Path, load_file: Any) -> dict[str, Any]:
 
     quantized, rest = unflatten_tensor_state_dict(state, metadata)
     return {**rest, **quantized}
+
+
+def loading_notes(
+    recipe: Recipe, folder: str | os.PathLike[str], call: dict[str, Any]
+) -> list[str]:
+    """How to load an artifact, truthfully per transform: what compress.load gives, and what
+    plain diffusers gives (or why it cannot load the folder). `call` holds the call defaults
+    the applied pipeline samples with (steps, guidance)."""
+    where = repr(str(folder))
+    args = ", ".join(f"{k}={v!r}" for k, v in sorted(call.items()))
+    lines = [
+        f"compress.load({where}) replays every transform"
+        + (f"; a plain call samples with {args}" if args else "")
+    ]
+    specs = [(spec_of(t), t) for t in recipe.transforms]
+    if not recipe.native:
+        kinds = sorted(
+            {
+                s.kind
+                for (s, t), r in zip(specs, recipe.records or [None] * len(specs), strict=True)
+                if not (s.native and t.saves_natively())
+                or (r is not None and r.metadata.get("native") is False)
+            }
+        )
+        lines.append(
+            f"plain diffusers cannot load it: {', '.join(kinds)} left layers or config fields "
+            "diffusers' configs do not describe; use compress.load"
+        )
+        return lines
+    dtypes = [r.metadata["load_dtype"] for r in recipe.records if "load_dtype" in r.metadata]
+    dtype = f", torch_dtype=torch.{dtypes[0]}" if dtypes else ""
+    plain = f"DiffusionPipeline.from_pretrained({where}{dtype}) loads the weights and scheduler"
+    plain += f"; pass {args} (call arguments, not config)" if args else ""
+    short = [f"{s.kind}: {s.plain}" for s, _ in specs if s.plain]
+    lines.append("plain diffusers: " + plain + "".join(f"; {note}" for note in short))
+    return lines

@@ -63,11 +63,15 @@ def compile_backend() -> str:
     return os.environ.get("COMPRESS_COMPILE_BACKEND", "inductor")
 
 
+_MARK = "_compress_compiled_beneath_hooks"
+
+
 def is_compiled(pipe: DiffusionPipeline) -> bool:
-    """True when the pipeline's denoiser is already a torch.compile wrapper."""
+    """True when the pipeline's denoiser is already compiled (whole, or beneath its hooks)."""
     from diffusers.utils.torch_utils import is_compiled_module
 
-    return is_compiled_module(denoiser(pipe))
+    net = denoiser(pipe)
+    return is_compiled_module(net) or getattr(net, _MARK, False)
 
 
 def prepare(pipe: DiffusionPipeline, opts: RuntimeOptions) -> Prepared:
@@ -109,14 +113,54 @@ def prepare(pipe: DiffusionPipeline, opts: RuntimeOptions) -> Prepared:
             _wrap(pipe.vae, "decode", functools.partial(_with_sdpa, backend), done)
     kw = {"mode": None if opts.mode == "default" else opts.mode, "fullgraph": opts.fullgraph}
     options = {"backend": compile_backend(), "dynamic": False, **kw}
-    set_denoiser(pipe, torch.compile(net, **options))
-    done._undo.append(functools.partial(set_denoiser, pipe, net))
+    regions = _compile_beneath_hooks(net, lambda fn: torch.compile(fn, **options), done)
+    if regions:
+        done.metadata["compiled_beneath_hooks"] = regions
+    else:
+        set_denoiser(pipe, torch.compile(net, **options))
+        done._undo.append(functools.partial(set_denoiser, pipe, net))
     if opts.vae:
         _wrap(pipe.vae, "decode", lambda fn: torch.compile(fn, **options), done)
     compiled = ["denoiser"] + (["vae_decode"] if opts.vae else [])
     done.metadata |= {"compiled": compiled, "mode": opts.mode}
     done.metadata |= {"fullgraph": opts.fullgraph, "dynamic": False}
     return done
+
+
+def _compile_beneath_hooks(
+    net: nn.Module, compile_fn: Callable[[Any], Any], done: Prepared
+) -> list[str]:
+    """Where diffusers hooks sit on the denoiser (a feature cache: DeepCache's step hook on the
+    UNet, diffusers' cache hooks on attention or blocks), compile each innermost hooked module's
+    own forward and leave the hooks' per-step Python logic outside the graph: traced, that logic
+    either breaks a full graph or recompiles at every step until torch's recompile limit, after
+    which the denoiser silently runs uncompiled. Returns the compiled modules' names (none: no
+    hooks, compile the whole denoiser).
+
+    diffusers' HookRegistry chains a module's hooks through function references (`_fn_refs`, the
+    first one holding the module's own forward); it offers no public way to wrap that forward.
+    """
+    hooked = {
+        name: m
+        for name, m in net.named_modules()
+        if getattr(getattr(m, "_diffusers_hook", None), "_fn_refs", None)
+    }
+    inner = [n for n in hooked if not any(_encloses(n, other) for other in hooked)]
+    for name in inner:
+        ref = hooked[name]._diffusers_hook._fn_refs[0]
+        attr = "original_forward" if hasattr(ref, "original_forward") else "forward"
+        own = getattr(ref, attr)
+        setattr(ref, attr, compile_fn(own))
+        done._undo.append(functools.partial(setattr, ref, attr, own))
+    if inner:
+        setattr(net, _MARK, True)
+        done._undo.append(functools.partial(delattr, net, _MARK))
+    return [n or "denoiser" for n in sorted(inner)]
+
+
+def _encloses(outer: str, name: str) -> bool:
+    """True when module `name` lies inside module `outer` ("" is the root)."""
+    return name != outer and (outer == "" or name.startswith(f"{outer}."))
 
 
 def _with_sdpa(backend: Any, fn: Callable[..., Any]) -> Callable[..., Any]:

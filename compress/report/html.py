@@ -14,7 +14,7 @@ from compress.report.figures import CLICK_JS, components, scatter
 from compress.report.images import grid, numbered_pngs
 from compress.search.baseline import baseline_dir, load_baseline
 from compress.search.ledger import SEARCH_FILE, TrialRecord, read_json, read_records, trial_dir
-from compress.search.results import finalize, front_records
+from compress.search.results import export_command, finalize, front_records
 
 CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
@@ -187,7 +187,9 @@ def _card(
         f"baseline's {r.reference_latency_ms:.2f} ms in the same rounds)"
         f"{f' <b class=warn>{warn}</b>' if warn else ''}, quality "
         f"<b>{r.quality:.4f}</b>; recipe file <code>recipes/{_esc(data.get('name', r.recipe))}"
-        f".yaml</code> (apply with <code>compress apply</code>)</p>"
+        f".yaml</code></p><p>this candidate, as scored: <code>{_esc(export_command(run, r))}"
+        "</code> (its trained prefix from the run's cache, no training; <code>compress apply"
+        "</code> of the recipe trains again, on another checkpoint too)</p>"
         f"<table><tr><th>transform</th><th>parameters</th></tr>{rows}</table>{images}"
         f"<details><summary>recipe YAML</summary><pre>{_esc(text)}</pre></details></div>"
     )

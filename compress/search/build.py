@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from compress.search.cache import CorruptEntry, PrefixCache, prefix_key
-from compress.transforms.base import Stage, spec_of
+from compress.transforms.base import Stage, run_order, spec_of
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
@@ -74,6 +74,7 @@ class Prefix:
     """What a built prefix is: the original model's fingerprint, its transforms and records."""
 
     base: Any
+    base_call: dict[str, Any]
     transforms: list[Any]
     records: list[Any]
 
@@ -134,6 +135,7 @@ class Builder:
     def prefix(self, plan: Plan, fraction: float) -> tuple[DiffusionPipeline, Prefix]:
         """The pipeline after the prefix (last training transform at `fraction`) and what its
         transforms recorded, from the cache where possible."""
+        from compress.generate import call_defaults
         from compress.models.fingerprint import fingerprint
         from compress.recipe import Recipe
 
@@ -143,13 +145,13 @@ class Builder:
         start, pipe, cached, chain_s = self._longest_cached(configs, targets)
         if pipe is None:
             pipe = self._load()
-            base = fingerprint(pipe)
+            base, base_call = fingerprint(pipe), call_defaults(pipe)
             records: list[Any] = []
             for cfg in configs[:first_training]:
                 records.append(self._apply(pipe, cfg, None))
             start = first_training - 1
         else:
-            base, records = cached.base, list(cached.records)
+            base, base_call, records = cached.base, cached.base_call, list(cached.records)
         for j in targets:
             if j <= start:
                 continue
@@ -185,10 +187,14 @@ class Builder:
                     }
                 )
                 recipe = Recipe(
-                    name="prefix", transforms=configs[: j + 1], base=base, records=records
+                    name="prefix",
+                    transforms=configs[: j + 1],
+                    base=base,
+                    base_call=base_call,
+                    records=records,
                 )
                 self._store(key, pipe, recipe, configs[j], chain_s)
-        return pipe, Prefix(base=base, transforms=configs, records=records)
+        return pipe, Prefix(base, base_call, transforms=configs, records=records)
 
     def _longest_cached(
         self, configs: list[TransformConfig], targets: list[int]
@@ -290,14 +296,19 @@ class Builder:
 
         pipe, prefix = self.prefix(plan, fraction)
         parent_pipe = self._parent(plan, pipe) if parent else None
-        records = [self._apply(pipe, cfg, None) for cfg in plan.rest]
         recipe = Recipe(
             name="candidate",
             transforms=[*prefix.transforms, *plan.rest],
             base=prefix.base,
-            records=[*prefix.records, *records],
+            base_call=prefix.base_call,
+            records=[*prefix.records, *self._apply_rest(pipe, plan.rest)],
         )
         return pipe, recipe, parent_pipe
+
+    def _apply_rest(self, pipe: Any, rest: list[TransformConfig]) -> list[Any]:
+        """The numeric and runtime transforms, run in `run_order`; records as listed."""
+        records = {i: self._apply(pipe, rest[i], None) for i in run_order(rest)}
+        return [records[i] for i in range(len(rest))]
 
     def _parent(self, plan: Plan, prefix_pipe: Any) -> Any:
         """The candidate without quantize/qat: a copy of its prefix when only the numeric stage
@@ -314,8 +325,7 @@ class Builder:
                 self.log.info("parent not timed: without qat it still needs training")
                 return None
             pipe, _ = self.prefix(lean, 1.0)
-        for cfg in rest:
-            self._apply(pipe, cfg, None)
+        self._apply_rest(pipe, rest)
         return pipe
 
 

@@ -78,6 +78,11 @@ def _print_summary(
         f"by reuse, about {es['training_seconds_saved']:.0f} s by early stopping"
     )
     console.print(f"recipes in {run / 'recipes'}, trials in {run / 'trials.csv'}")
+    if s["front"]:
+        console.print(
+            f"take a front candidate as scored (no training again): {s['front'][0]['export']}",
+            highlight=False,
+        )
     console.print(f"[green]report[/green] {report}  ({seconds:.0f} s)")
 
 

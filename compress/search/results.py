@@ -94,10 +94,18 @@ def ray_overhead(records: list[TrialRecord]) -> float | None:
     return statistics.mean(gaps) if gaps else None
 
 
-def front_entry(r: TrialRecord) -> dict[str, Any]:
+def export_command(run: Path, r: TrialRecord) -> str:
+    """The command that writes this trial's candidate as scored, without training it again."""
+    import shlex
+
+    return f"compress export {shlex.quote(str(run))} {r.number} --out out/{r.recipe}"
+
+
+def front_entry(run: Path, r: TrialRecord) -> dict[str, Any]:
     return {
         "number": r.number,
         "recipe": f"recipes/{r.recipe}.yaml",
+        "export": export_command(run, r),
         "speedup": r.speedup,
         "speedup_ci": r.speedup_ci,
         "quality": r.quality,
@@ -136,7 +144,7 @@ def finalize(run: Path, reference: Point | None = None) -> dict[str, Any]:
         "infeasible": sum(1 for r in records if r.point is not None and not r.feasible),
         "no_faster_than_baseline": sum(1 for r in records if r.point is not None and not r.faster),
         "baseline": baseline,
-        "front": [front_entry(r) for r in front],
+        "front": [front_entry(run, r) for r in front],
         "hypervolume": hypervolume([r.point for r in front], ref) if ref else None,
         "hypervolume_reference": list(ref) if ref else None,
         **cache_use(records),

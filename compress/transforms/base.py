@@ -60,6 +60,14 @@ class TransformSpec:
     # Loading an artifact calls this instead of `restore` (for training transforms whose weights
     # the folder holds but whose call defaults, e.g. steps and guidance, it does not).
     on_load: RestoreFn | None = None
+    # Within a stage, lower runs first whatever the order a recipe lists them in (ties keep the
+    # recipe's order): a sampler sets the call defaults a cache reads, compile wraps what the
+    # others installed. Replay runs in the same order, so an artifact loads as it was applied.
+    order: int = 0
+    # What plain diffusers (DiffusionPipeline.from_pretrained) gives of this transform where it
+    # falls short of compress.load; empty: the saved folder holds all of it (call arguments such
+    # as steps and guidance are named apart, from the pipeline's call defaults).
+    plain: str = ""
 
 
 _REGISTRY: dict[str, TransformSpec] = {}
@@ -74,6 +82,8 @@ def register_transform(
     replay_on_load: bool = False,
     restore: RestoreFn | None = None,
     on_load: RestoreFn | None = None,
+    order: int = 0,
+    plain: str = "",
 ) -> Callable[[ApplyFn], ApplyFn]:
     """Register `apply(pipe, cfg, ctx) -> Metadata` for `config` at `stage`."""
     kind_field = config.model_fields.get("kind")
@@ -86,7 +96,7 @@ def register_transform(
         if kind in _REGISTRY and _REGISTRY[kind].config is not config:
             raise ValueError(f"transform kind {kind!r} is registered twice")
         _REGISTRY[kind] = TransformSpec(
-            kind, config, stage, fn, restore, native, replay_on_load, on_load
+            kind, config, stage, fn, restore, native, replay_on_load, on_load, order, plain
         )
         _ADAPTER = None
         return fn
@@ -103,6 +113,13 @@ def registry() -> dict[str, TransformSpec]:
 
 def spec_of(cfg: TransformConfig) -> TransformSpec:
     return registry()[cfg.kind]
+
+
+def run_order(configs: list[TransformConfig]) -> list[int]:
+    """Indices of `configs` in the order they run: by stage, then by the registry's `order`,
+    then as listed."""
+    specs = [spec_of(c) for c in configs]
+    return sorted(range(len(specs)), key=lambda i: (specs[i].stage, specs[i].order, i))
 
 
 def config_adapter() -> TypeAdapter:

@@ -162,7 +162,14 @@ def _restore(pipe: DiffusionPipeline, cfg: CacheConfig, metadata: Metadata) -> N
 
 
 @register_transform(
-    CacheConfig, stage=Stage.runtime, native=True, replay_on_load=True, restore=_restore
+    CacheConfig,
+    stage=Stage.runtime,
+    native=True,
+    replay_on_load=True,
+    restore=_restore,
+    order=1,
+    plain="the pipeline runs without it, the whole denoiser at every step (only compress.load "
+    "installs the cache)",
 )
 def apply_cache(pipe: DiffusionPipeline, cfg: CacheConfig, ctx: RunContext) -> Metadata:
     """Install the cache on the denoiser and record which default-call steps run it in full."""

@@ -55,7 +55,15 @@ def _restore(pipe: DiffusionPipeline, cfg: CompileConfig, metadata: Metadata) ->
 
 
 @register_transform(
-    CompileConfig, stage=Stage.runtime, native=True, replay_on_load=True, restore=_restore
+    CompileConfig,
+    stage=Stage.runtime,
+    native=True,
+    replay_on_load=True,
+    restore=_restore,
+    order=2,
+    plain="the pipeline runs uncompiled, unfused and contiguous, with the same weights: its "
+    "images equal within float rounding, without the speed-up (compress.load compiles at the "
+    "first call)",
 )
 def apply_compile(pipe: DiffusionPipeline, cfg: CompileConfig, ctx: RunContext) -> Metadata:
     """Prepare the pipeline in place; record what was fused, laid out and compiled."""

@@ -1,22 +1,26 @@
 """One contract every registered transform honours: its config round-trips; apply, save and
-reload give identical images; restore on a fresh copy reproduces them. On a UNet pipeline, and on
-a diffusion transformer (PixArt) for every transform that applies to one."""
+reload give identical images; restore on a fresh copy reproduces them; every pair of runtime
+transforms loads as it was applied, whichever order the recipe lists them in. On a UNet pipeline
+and on a diffusion transformer (PixArt), both built here with plain diffusers at sizes the
+project's own builders do not use, with call defaults of their own (as the miniature has) that
+an artifact must keep."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
+from unseen_pipelines import build_unseen_pixart_pipeline, build_unseen_unet_pipeline
 
 from compress.apply import apply_recipe, restore
 from compress.context import RunContext
-from compress.generate import call_defaults, generate
+from compress.generate import call_defaults, generate, set_call_defaults
 from compress.models.artifact import load_artifact, save_artifact
-from compress.models.tiny import build_tiny_pipeline, build_tiny_pixart_pipeline
 from compress.recipe import Recipe, load_recipe
-from compress.transforms.base import TransformConfig, config_adapter, registry
+from compress.transforms.base import Stage, TransformConfig, config_adapter, registry
 from compress.transforms.cache import CacheConfig
 from compress.transforms.compile import CompileConfig
 from compress.transforms.distill import DistillConfig
@@ -56,7 +60,7 @@ EXAMPLES: dict[str, tuple[TransformConfig, Callable[[], RunContext]]] = {
         QuantizeConfig(
             rules=[
                 {"match": "re:.*attn1\\..*", "format": "int8_dynamic"},
-                {"match": "up_blocks", "format": "intx4_weight_only"},
+                {"match": "re:up_blocks\\..*ff\\.net\\.2", "format": "intx4_weight_only"},
                 {"match": "re:.*", "format": "int8_weight_only"},
             ]
         ),
@@ -98,7 +102,7 @@ DIT_EXAMPLES: dict[str, tuple[TransformConfig, Callable[[], RunContext]]] = {
         QuantizeConfig(
             attention="int8_dynamic",
             rules=[
-                {"match": "transformer_blocks.3", "format": "intx4_weight_only"},
+                {"match": "re:.*blocks\\.2\\..*ff\\.net\\.2", "format": "intx4_weight_only"},
                 {"match": "re:.*", "format": "int8_weight_only"},
             ],
         ),
@@ -106,7 +110,7 @@ DIT_EXAMPLES: dict[str, tuple[TransformConfig, Callable[[], RunContext]]] = {
     ),
     "qat": (
         QATConfig(
-            rules=[{"match": "transformer_blocks.3", "format": "int8_dynamic"}],
+            rules=[{"match": "transformer_blocks.2", "format": "int8_dynamic"}],
             steps=2,
             samples=2,
             batch_size=2,
@@ -115,11 +119,26 @@ DIT_EXAMPLES: dict[str, tuple[TransformConfig, Callable[[], RunContext]]] = {
         lambda: RunContext(prompts=PROMPTS),
     ),
 }
+# How each test pipeline is sampled when a call names nothing: its own defaults, not diffusers'.
+OWN_CALL = {"num_inference_steps": 4, "guidance_scale": 3.5}
+
+
+def _with_own_call(build: Callable[[], object]) -> Callable[[], object]:
+    def built():  # noqa: ANN202
+        pipe = build()
+        set_call_defaults(pipe, **OWN_CALL)
+        return pipe
+
+    return built
+
+
 FAMILIES = {
-    "unet": (build_tiny_pipeline, EXAMPLES),
-    "pixart": (build_tiny_pixart_pipeline, DIT_EXAMPLES),
+    "unet": (_with_own_call(build_unseen_unet_pipeline), EXAMPLES),
+    "pixart": (_with_own_call(build_unseen_pixart_pipeline), DIT_EXAMPLES),
 }
 CASES = [(f, k) for f, (_, examples) in FAMILIES.items() for k in sorted(examples)]
+RUNTIME = sorted(k for k, spec in registry().items() if spec.stage == Stage.runtime)
+PAIRS = [(f, *pair) for f in FAMILIES for pair in itertools.combinations(RUNTIME, 2)]
 
 
 @pytest.fixture(autouse=True)
@@ -143,8 +162,6 @@ def test_config_round_trips(family: str, kind: str) -> None:
 
 def images(pipe, **kw) -> np.ndarray:
     """The 8-bit images a user sees (float outputs may differ in the last ulp across layouts)."""
-    if "num_inference_steps" not in call_defaults(pipe):  # few steps keep the suite fast
-        kw = {"num_inference_steps": 4, **kw}
     return np.stack([np.asarray(im) for im in generate(pipe, PROMPTS, SEEDS, **kw)])
 
 
@@ -193,3 +210,39 @@ def test_apply_save_reload_identical(family: str, kind: str, tmp_path: Path) -> 
     fresh = build()
     restore(fresh, applied, ctx=make_ctx())  # transforms re-run from data get it again
     np.testing.assert_array_equal(images(fresh), before)
+
+
+@pytest.mark.parametrize("family,first,second", PAIRS)
+def test_runtime_pairs_load_as_applied_in_either_order(
+    family: str, first: str, second: str, tmp_path: Path
+) -> None:
+    """Runtime transforms run in the registry's order (sampler, cache, compile) whatever order a
+    recipe lists them in, so both orders give the same pipeline, and each artifact's replay, which
+    runs in that order too, gives the images the in-memory pipeline gave."""
+    build, examples = FAMILIES[family]
+    seen = []
+    for order in ((first, second), (second, first)):
+        pipe = build()
+        recipe = Recipe(name="-".join(order), transforms=[examples[k][0] for k in order])
+        applied = apply_recipe(pipe, recipe)
+        before = images(pipe)
+        out = save_artifact(pipe, applied, tmp_path / "-".join(order))
+        same_after_loading(images(load_artifact(out)), before, family)
+        seen.append((before, {r.kind: r.metadata for r in applied.records}))
+    np.testing.assert_array_equal(seen[0][0], seen[1][0])
+    assert seen[0][1] == seen[1][1]  # each transform recorded the same, in either order
+
+
+def test_a_cache_listed_before_its_sampler_loads_on_the_samplers_steps(tmp_path: Path) -> None:
+    """The recipe of the report: DeepCache (interval 3) then a 20-step sampler. The cache records
+    the full steps of the call that runs (20 steps), and the artifact loads with it."""
+    from compress.transforms.cache import cache_stats
+
+    pipe = FAMILIES["unet"][0]()
+    cfgs = [CacheConfig(interval=3), SamplerConfig(scheduler="dpmsolver++", steps=20)]
+    applied = apply_recipe(pipe, Recipe(name="cache-then-sampler", transforms=cfgs))
+    cache = applied.records[0].metadata
+    assert cache["steps"] == 20 and cache["full_steps"] == [0, 3, 6, 9, 12, 15, 18]
+    loaded = load_artifact(save_artifact(pipe, applied, tmp_path / "a"))
+    generate(loaded, PROMPTS[:1], [0])
+    assert cache_stats(loaded) == {"denoiser_calls": 20, "full_calls": 7, "steps": 20}
