@@ -63,6 +63,9 @@ class TrialRecord(BaseModel):
     constraints: dict[str, float] = Field(default_factory=dict)  # name -> value; > 0 violated
     error: str | None = None
     duplicate_of: int | None = None  # same knobs as this earlier trial; its scores were reused
+    # who proposed it: a start point, a composition of two, the sampler's new prefix (it trains
+    # or builds its structure) or a suffix on a trained prefix (compress.search.twolevel)
+    origin: Literal["start", "composition", "prefix", "suffix"] | None = None
     node: str | None = None
     ray_trial_id: str | None = None
     times: dict[str, float] = Field(default_factory=dict)  # seconds: build, timing, trial, wall

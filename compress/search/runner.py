@@ -182,16 +182,16 @@ def run_search(
         # Phases, each a queue of knob values run first, then the sampler: the start points,
         # then (when the space composes) the unions of those that were faster. Every phase but
         # the last runs only its queue, so that the next one sees its results.
-        phases: list[Callable[[list[TrialRecord]], list[dict[str, Any]]]] = [
-            lambda recs: [*start_points(space, recs), *(points or [])]
+        phases: list[tuple[str, Callable[[list[TrialRecord]], list[dict[str, Any]]]]] = [
+            ("start", lambda recs: [*start_points(space, recs), *(points or [])])
         ]
         if space.spec.search.compose:
-            phases.append(lambda recs: compositions(space, recs))
+            phases.append(("composition", lambda recs: compositions(space, recs)))
         tune_s, launched = 0.0, 0
-        for i, queue in enumerate(phases):
+        for i, (origin, queue) in enumerate(phases):
             if i and deadline is not None and time.time() >= deadline:
                 break
-            queued = queue(records)
+            queued = [(p, origin) for p in queue(records)]
             remaining = cfg.trials - sum(r.state in FINISHED for r in records)
             if i < len(phases) - 1:
                 remaining = min(remaining, len(queued))
@@ -246,40 +246,39 @@ def _tune(
     baseline: dict[str, Any],
     console: Any,
     verbose: bool,
-    points: list[dict[str, Any]],
+    points: list[tuple[dict[str, Any], str]],
     deadline: float | None,
 ) -> None:
     from ray import tune
 
     from compress.search.baseline import reference_images
     from compress.search.cache import data_identity
+    from compress.search.levels import split_levels
     from compress.search.progress import ProgressCallback
-    from compress.search.study import define_by_run, make_sampler, prepopulated_storage
+    from compress.search.study import make_sampler
     from compress.search.trial import TrialJob, run_trial
     from compress.search.tuning import (
-        METRICS,
-        MODES,
         BudgetLimiter,
-        ConstrainedOptunaSearch,
         LedgerCallback,
         Limits,
         RungScheduler,
         rung_points,
     )
+    from compress.search.twolevel import TwoLevelSearch
 
     limits = Limits(cfg.max_latency, cfg.min_quality)
-    sampler = make_sampler(cfg.sampler, cfg.trials, cfg.seed)
-    storage, study_name = prepopulated_storage(space, records, sampler, limits)
     search = BudgetLimiter(
-        ConstrainedOptunaSearch(
-            define_by_run(space),
-            metric=METRICS,
-            mode=MODES,
-            sampler=sampler,
-            storage=storage,
-            points_to_evaluate=points or None,
-            study_name=study_name,
+        TwoLevelSearch(
+            space,
+            split_levels(space),
+            make_sampler=lambda i: make_sampler(cfg.sampler, cfg.trials, cfg.seed + i),
+            records=records,
+            baseline_quality=baseline["quality"],
             limits=limits,
+            queue=points,
+            deadline=deadline,
+            training_prior_s=cfg.time_budget / 4 if cfg.time_budget else 3600.0,
+            seed=cfg.seed,
         ),
         max_concurrent=cfg.max_concurrent,
         deadline=deadline,

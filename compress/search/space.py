@@ -9,6 +9,7 @@ only asks the trial for values and builds the Recipe, so a space replays without
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -177,21 +178,35 @@ class SearchSpace:
 
     def suggest(self, trial: Any, name: str | None = None) -> Recipe:
         """Define-by-run: ask `trial` (optuna Trial or FixedTrial) for each active knob."""
+        return self.recipe(self.assign(trial), name or f"{self.name}-t{trial.number:04d}")
+
+    def assign(
+        self,
+        trial: Any,
+        names: Collection[str] | None = None,
+        given: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Values of the knobs active under one another: a knob in `given` keeps its value,
+        any other is asked of `trial` when `names` (all knobs when None) holds it. The two-level
+        search asks a prefix's knobs of one study and its suffix's of another this way."""
         values: dict[str, Any] = {}
         for knob_name, k in self.spec.knobs.items():
             if not self._active(k, values):
                 continue
-            if k.type == "categorical":
-                values[knob_name] = trial.suggest_categorical(knob_name, k.choices)
-            elif k.type == "int":
-                values[knob_name] = trial.suggest_int(
-                    knob_name, int(k.low), int(k.high), step=int(k.step or 1), log=k.log
-                )
-            else:
-                values[knob_name] = trial.suggest_float(
-                    knob_name, k.low, k.high, step=k.step, log=k.log
-                )
-        return self.recipe(values, name or f"{self.name}-t{trial.number:04d}")
+            if given is not None and knob_name in given:
+                values[knob_name] = given[knob_name]
+            elif names is None or knob_name in names:
+                values[knob_name] = self._ask(trial, knob_name, k)
+        return values
+
+    @staticmethod
+    def _ask(trial: Any, name: str, k: Knob) -> Any:
+        if k.type == "categorical":
+            return trial.suggest_categorical(name, k.choices)
+        if k.type == "int":
+            step = int(k.step or 1)
+            return trial.suggest_int(name, int(k.low), int(k.high), step=step, log=k.log)
+        return trial.suggest_float(name, k.low, k.high, step=k.step, log=k.log)
 
     def _active(self, k: Knob, values: dict[str, Any]) -> bool:
         if not _matches(k.when, values):

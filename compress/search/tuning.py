@@ -1,5 +1,6 @@
-"""Ray Tune pieces of the search: constrained OptunaSearch, the staged-evaluation scheduler,
-and the callbacks that keep the ledger and show progress (all run in the driver)."""
+"""Ray Tune pieces of the search: the time budget, the staged-evaluation scheduler, and the
+callbacks that keep the ledger and show progress (all run in the driver; the searcher itself is
+compress.search.twolevel)."""
 
 from __future__ import annotations
 
@@ -11,15 +12,9 @@ from typing import Any
 from ray.tune import Callback
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import ConcurrencyLimiter, Searcher
-from ray.tune.search.optuna import OptunaSearch
 
 from compress.search.ledger import TrialRecord, read_json, trial_dir, write_record
 from compress.search.pareto import Point, clearly_dominated, pareto_front
-
-# The two objectives: latency relative to the uncompressed baseline (1 / paired speed-up, so
-# trials timed in different workers compare) and quality.
-METRICS = ["relative_latency", "quality"]
-MODES = ["min", "max"]
 
 
 @dataclass(frozen=True)
@@ -37,25 +32,6 @@ class Limits:
         if self.min_quality is not None and quality is not None:
             out["min_quality"] = self.min_quality - quality
         return out
-
-
-class ConstrainedOptunaSearch(OptunaSearch):
-    """OptunaSearch that also tells the study each trial's constraint values (for NSGA-II/TPE)."""
-
-    def __init__(self, *args: Any, limits: Limits, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._limits = limits
-
-    def on_trial_complete(
-        self, trial_id: str, result: dict | None = None, error: bool = False
-    ) -> None:
-        ot_trial = self._ot_trials.get(trial_id)
-        if result and ot_trial is not None and not error:
-            for key, value in self._limits.violations(
-                result.get("latency_ms"), result.get("quality")
-            ).items():
-                ot_trial.set_constraint(key, value)
-        super().on_trial_complete(trial_id, result, error)
 
 
 class BudgetLimiter(ConcurrencyLimiter):
@@ -166,8 +142,10 @@ class LedgerCallback(Callback):
         self._write(trial, "failed", trial.last_result or {}, _error_text(self._run, trial))
 
     def _write(self, trial: Any, state: str, r: dict, error: str | None) -> None:
+        from compress.search.trial import RESERVED
+
         number = int(trial.config["number"])
-        params = {k: v for k, v in trial.config.items() if k not in ("number", "invalid")}
+        params = {k: v for k, v in trial.config.items() if k not in RESERVED}
         wall = time.perf_counter() - self._started.get(trial.trial_id, time.perf_counter())
         times = {k.removesuffix("_s"): float(v) for k, v in r.items() if k.endswith("_s")}
         times["wall"] = wall
@@ -205,6 +183,7 @@ class LedgerCallback(Callback):
             ray_trial_id=trial.trial_id,
             times=times,
             duplicate_of=r.get("duplicate_of"),
+            origin=trial.config.get("origin"),
         )
         write_record(self._run, record)
         if self._on_record is not None:
@@ -251,7 +230,6 @@ def read_params(run: Path, number: int) -> dict[str, Any]:
 
 __all__ = [
     "BudgetLimiter",
-    "ConstrainedOptunaSearch",
     "LedgerCallback",
     "Limits",
     "RungScheduler",

@@ -67,7 +67,7 @@ def test_the_search_runs_the_start_points_then_their_unions_then_the_sampler(tmp
     calls: list[tuple[int, list]] = []
 
     def tune(cfg, space, run, records, remaining, *rest):
-        points = rest[-2]
+        points = [params for params, _ in rest[-2]]  # (knob values, origin)
         calls.append((remaining, points))
         for i in range(remaining):  # each trial takes the next point, as Optuna enqueues them
             n = len(records) + i
@@ -94,7 +94,7 @@ def test_an_interrupted_start_phase_does_not_go_on_to_compose(tmp_path, monkeypa
 
     def tune(cfg, space, run, records, remaining, *rest):
         calls.append(remaining)
-        write_record(run, _record(0, rest[-2][0], 4.4))  # one trial finished, then Ctrl-C
+        write_record(run, _record(0, rest[-2][0][0], 4.4))  # one trial finished, then Ctrl-C
 
     _offline(monkeypatch, tune)
     cfg, space = resolve_config("miniature", out=str(tmp_path / "run"), trials=12)

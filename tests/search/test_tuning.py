@@ -11,18 +11,8 @@ from compress.errors import CompressError
 from compress.search.config import resolve_config
 from compress.search.ledger import TrialRecord
 from compress.search.runner import check_cluster, trial_resources
-from compress.search.space import parse_space
 from compress.search.staging import TrialFailed, check_finite
-from compress.search.study import DefineByRun, make_sampler, prepopulated_storage
-from compress.search.tuning import (
-    METRICS,
-    MODES,
-    BudgetLimiter,
-    ConstrainedOptunaSearch,
-    Limits,
-    RungScheduler,
-    rung_points,
-)
+from compress.search.tuning import Limits, RungScheduler, rung_points
 
 SPACE = {
     "name": "t",
@@ -102,91 +92,6 @@ def test_rung_points_resume_from_the_ledger():
     )
     slower = faster.model_copy(update={"number": 1, "speedup_ci": [0.9, 1.2]})
     assert rung_points([faster, slower]) == {0.25: [(0.25, 0.3)]}
-
-
-def test_time_budget_stops_new_trials_only():
-    search = BudgetLimiter(
-        ConstrainedOptunaSearch(
-            DefineByRun(parse_space(SPACE)),
-            metric=METRICS,
-            mode=MODES,
-            sampler=make_sampler("tpe", 8, 0),
-            limits=Limits(),
-        ),
-        max_concurrent=2,
-        deadline=None,
-    )
-    assert "number" in search.suggest("a")
-    search.deadline = 0.0  # spent
-    assert search.suggest("b") == BudgetLimiter.FINISHED
-    search.on_trial_complete("a", {"relative_latency": 0.5, "quality": 0.4})  # still recorded
-
-
-def test_searcher_tells_optuna_the_constraints():
-    space = parse_space(SPACE)
-    search = ConstrainedOptunaSearch(
-        DefineByRun(space),
-        metric=METRICS,
-        mode=MODES,
-        sampler=make_sampler("nsga2", 8, 0),
-        limits=Limits(max_latency=10.0),
-    )
-    config = search.suggest("a")
-    assert set(config) >= {"scheduler", "steps", "number"}
-    search.on_trial_complete("a", {"relative_latency": 0.5, "latency_ms": 12.0, "quality": 0.5})
-    search.suggest("b")
-    search.on_trial_complete("b", error=True)
-    first, second = search._ot_study.trials
-    assert first.values == [0.5, 0.5] and first.constraints == {"max_latency": 2.0}
-    assert second.state.name == "FAIL"
-
-
-def test_define_by_run_survives_pickling_and_marks_invalid_combinations():
-    import pickle
-
-    fn = pickle.loads(pickle.dumps(DefineByRun(parse_space(SPACE))))
-    from optuna.trial import FixedTrial
-
-    assert fn(FixedTrial({"scheduler": "ddim", "steps": 3}, number=4)) == {"number": 4}
-
-
-def test_resumed_study_holds_the_ledger_with_its_numbers():
-    space = parse_space(SPACE)
-    records = [
-        TrialRecord(
-            number=0,
-            state="complete",
-            params={"scheduler": "ddim", "steps": 3},
-            latency_ms=10.0,
-            speedup=2.0,
-            speedup_ci=[1.8, 2.2],
-            quality=0.5,
-        ),
-        TrialRecord(
-            number=1, state="failed", params={"scheduler": "euler", "steps": 1}, error="boom"
-        ),
-        TrialRecord(
-            number=3,
-            state="stopped",
-            params={"scheduler": "euler", "steps": 8},
-            latency_ms=30.0,
-            speedup=0.8,
-            speedup_ci=[0.7, 0.9],
-            quality=0.1,
-        ),
-    ]
-    import optuna
-
-    storage, name = prepopulated_storage(
-        space, records, make_sampler("tpe", 8, 0), Limits(max_latency=20.0)
-    )
-    study = optuna.load_study(study_name=name, storage=storage)
-    trials = study.trials
-    assert [t.number for t in trials] == [0, 1, 2, 3]
-    assert trials[0].values == [0.5, 0.5] and trials[0].params == {"scheduler": "ddim", "steps": 3}
-    assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "FAIL", "COMPLETE"]
-    assert trials[3].constraints == {"max_latency": 10.0}  # infeasible
-    assert study.ask().number == 4
 
 
 def test_target_gpu_is_a_ray_accelerator_resource(monkeypatch, tiny_dir):

@@ -1,0 +1,308 @@
+"""The two-level searcher Ray Tune runs: new prefixes from one Optuna study over the prefix knobs,
+suffixes of each trained prefix from an Optuna study of its own, and the cost-aware rule of
+`compress.search.allocation` deciding which of the two the next trial is.
+
+A suffix trial is an ordinary trial whose prefix is already in the prefix cache, so it costs one
+load and one evaluation. Every point a prefix reaches (with any suffix) is added to the prefix
+study, so its sampler learns which prefixes lead to good fronts, not only which first trials
+did. A prefix's suffix study starts from the suffixes of the current front (whatever prefix they
+were found on), so that what works on one trained model is tried on the next one first.
+
+The state is rebuilt from the ledger whenever a searcher is made (a new phase, or `--resume`),
+so nothing of it needs a checkpoint of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ray.tune.search import Searcher
+
+from compress.errors import CompressError
+from compress.search.allocation import Choice, Outcome, choose, gains
+from compress.search.levels import Levels
+
+if TYPE_CHECKING:
+    import optuna
+
+    from compress.search.ledger import TrialRecord
+    from compress.search.space import SearchSpace
+    from compress.search.tuning import Limits
+
+log = logging.getLogger("compress.search")
+ORIGINS = ("start", "composition", "prefix", "suffix")
+_RETRIES = 12  # asks before a sampler that keeps repeating finished points is overruled
+
+
+@dataclass
+class _Running:
+    number: int
+    params: dict[str, Any]
+    origin: str
+    started: float
+    asked: dict[str, Any] = field(default_factory=dict)  # study name -> optuna Trial
+
+
+class TwoLevelSearch(Searcher):
+    """Ray Tune Searcher over a space split into prefix and suffix knobs (see the module doc)."""
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        levels: Levels,
+        *,
+        make_sampler: Callable[[int], optuna.samplers.BaseSampler],
+        records: list[TrialRecord],
+        baseline_quality: float,
+        limits: Limits,
+        queue: list[tuple[dict[str, Any], str]] | None = None,
+        deadline: float | None = None,
+        training_prior_s: float = 300.0,
+        seed: int = 0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__(metric="quality", mode="max")
+        self._space, self._levels = space, levels
+        self._make_sampler = make_sampler
+        self._baseline, self._limits = baseline_quality, limits
+        self._queue = list(queue or [])
+        self._deadline, self._prior, self._clock = deadline, training_prior_s, clock
+        self._rng = random.Random(seed)
+        self._running: dict[str, _Running] = {}
+        self._history: list[tuple[Outcome, dict[str, Any]]] = []  # finished trials, in order
+        self._seen: list[dict[str, Any]] = []
+        self._prefixes: dict[str, dict[str, Any]] = {}  # key -> prefix knob values
+        self._exhausted: set[str] = set()
+        self._studies: dict[str, optuna.Study] = {}
+        self._number = max((r.number for r in records), default=-1) + 1
+        self.choices: list[tuple[int, Choice]] = []  # what the rule decided, for the log
+        for r in sorted(records, key=lambda r: r.number):
+            self._learn_record(r)
+
+    # --- Ray Tune's Searcher API ---
+
+    def set_search_properties(self, metric: str | None, mode: str | None, config: dict) -> bool:
+        return True
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        number = self._number
+        self._number += 1
+        asked: dict[str, Any] = {}
+        if self._queue:
+            params, origin = self._queue.pop(0)
+        else:
+            choice = self._choose()
+            self.choices.append((number, choice))
+            log.info("trial %d: %s (%s)", number, choice.level, choice.why)
+            if choice.level == "suffix" and choice.prefix is not None:
+                params, asked = self._suffix_on(choice.prefix)
+                origin = "suffix"
+            else:
+                params, asked = self._new_prefix()
+                origin = "prefix"
+        self._seen.append(params)
+        self._prefixes.setdefault(
+            self._levels.prefix_key(params), self._levels.prefix_values(params)
+        )
+        self._running[trial_id] = _Running(number, params, origin, self._clock(), asked)
+        config = {"number": number, "origin": origin, **params}
+        invalid = self._invalid(params, number)
+        return {**config, "invalid": invalid} if invalid else config
+
+    def on_trial_complete(
+        self, trial_id: str, result: dict | None = None, error: bool = False
+    ) -> None:
+        run = self._running.pop(trial_id, None)
+        if run is None:
+            return
+        result = result or {}
+        point = None if error else _point(result)
+        full = not error and result.get("stage") == 2
+        fraction = result.get("training_fraction")
+        scored = not error and result.get("stage") in (1, 2)
+        faster = (result.get("speedup_low") or 0) > 1.0
+        violations = self._limits.violations(result.get("latency_ms"), result.get("quality"))
+        feasible = not any(v > 0 for v in violations.values())
+        self._tell(run.params, point, run.asked, violations)
+        outcome = Outcome(
+            number=run.number,
+            prefix=self._levels.prefix_key(run.params),
+            point=point if full and faster and feasible else None,
+            seconds=self._clock() - run.started,
+            training_s=sum(m.get("seconds", 0.0) for m in _misses(result)),
+            ready=scored and (fraction is None or fraction >= 1.0),
+        )
+        self._history.append((outcome, run.params))
+
+    @property
+    def outcomes(self) -> list[Outcome]:
+        return [o for o, _ in self._history]
+
+    # --- the two levels ---
+
+    def _choose(self) -> Choice:
+        remaining = None if self._deadline is None else self._deadline - self._clock()
+        usable = [o for o in self.outcomes if o.prefix not in self._exhausted]
+        pending = frozenset(self._levels.prefix_key(r.params) for r in self._running.values())
+        return choose(
+            usable,
+            self._baseline,
+            remaining_s=remaining,
+            training_prior_s=self._prior,
+            pending=pending,
+        )
+
+    def _new_prefix(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        study = self._study("prefix")
+        for attempt in range(_RETRIES):
+            trial = study.ask()
+            values = self._space.assign(trial, names=self._levels.prefix)
+            key = self._levels.prefix_key(values)
+            if key not in self._prefixes or attempt == _RETRIES - 1:
+                break
+            study.tell(trial, state=_state("FAIL"))  # a known prefix: its suffix study has it
+        suffix, asked = self._suffix_for(values)
+        return {**values, **suffix}, {"prefix": trial, **asked}
+
+    def _suffix_on(self, key: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        prefix = self._prefixes[key]
+        for _ in range(_RETRIES):
+            suffix, asked = self._suffix_for(prefix)
+            params = {**prefix, **suffix}
+            if params not in self._seen:
+                return params, asked
+            self._study(key).tell(asked[key], state=_state("FAIL"))
+        self._exhausted.add(key)  # its suffix sampler repeats itself: spend elsewhere
+        return self._new_prefix()
+
+    def _suffix_for(self, prefix: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        key = self._levels.prefix_key(prefix)
+        study = self._study(key)
+        trial = study.ask()
+        values = self._space.assign(trial, names=self._levels.suffix, given=prefix)
+        return self._levels.suffix_values(values), {key: trial}
+
+    def _study(self, name: str) -> optuna.Study:
+        """The prefix study, or the suffix study of one prefix (made on first use, seeded with the
+        suffixes of the current front)."""
+        import optuna
+
+        if name not in self._studies:
+            sampler = self._make_sampler(len(self._studies))
+            self._studies[name] = optuna.create_study(
+                directions=["minimize", "maximize"], sampler=sampler
+            )
+            if name != "prefix":
+                for suffix in self._front_suffixes():
+                    self._studies[name].enqueue_trial(suffix, skip_if_exists=True)
+        return self._studies[name]
+
+    def _front_suffixes(self) -> list[dict[str, Any]]:
+        """Suffix knob values of the points that raised the front most, largest gain first."""
+        outcomes = self.outcomes
+        ranked = sorted(
+            zip(gains(outcomes, self._baseline), range(len(outcomes)), strict=True), reverse=True
+        )
+        return [self._levels.suffix_values(self._history[i][1]) for g, i in ranked if g > 0][:3]
+
+    # --- learning ---
+
+    def _learn_record(self, r: TrialRecord) -> None:
+        """A finished trial of the ledger: its outcome, and its point told to both studies."""
+        params = dict(r.params)
+        self._seen.append(params)
+        if r.state == "interrupted" or not params:
+            return
+        key = self._levels.prefix_key(params)
+        self._prefixes.setdefault(key, self._levels.prefix_values(params))
+        self._tell(params, r.point, {}, r.constraints)
+        outcome = Outcome(
+            number=r.number,
+            prefix=key,
+            point=r.point if r.state == "complete" and r.feasible and r.faster else None,
+            seconds=float(r.times.get("wall", r.times.get("trial", 0.0))),
+            training_s=sum(m.get("seconds", 0.0) for m in r.cache.get("misses", [])),
+            ready=r.state == "complete" or (r.state == "stopped" and _trained(r.stopped_at)),
+        )
+        self._history.append((outcome, params))
+
+    def _tell(
+        self,
+        params: dict[str, Any],
+        point: tuple[float, float] | None,
+        asked: dict[str, Any],
+        violations: dict[str, float],
+    ) -> None:
+        """Tell the prefix study and the prefix's suffix study what `params` scored, with its
+        constraint violations (the samplers prefer candidates within the limits)."""
+        from optuna.trial import FixedTrial, create_trial
+
+        from compress.search.study import CONSTRAINTS, constraint_values
+
+        attrs = {CONSTRAINTS: constraint_values(violations)}
+        key = self._levels.prefix_key(params)
+        prefix = self._levels.prefix_values(params)
+        parts = {"prefix": (self._levels.prefix, None), key: (self._levels.suffix, prefix)}
+        for study_name, (names, given) in parts.items():
+            study = self._study(study_name)
+            trial = asked.get(study_name)
+            if trial is not None:
+                if point is None:
+                    study.tell(trial, state=_state("FAIL"))
+                else:
+                    trial.set_user_attr(CONSTRAINTS, attrs[CONSTRAINTS])
+                    study.tell(trial, list(point))
+                continue
+            if point is None:
+                continue
+            fixed = FixedTrial(params)
+            try:
+                self._space.assign(fixed, names=names, given=given)
+            except (ValueError, CompressError):
+                continue
+            if fixed.params:
+                study.add_trial(
+                    create_trial(
+                        params=fixed.params,
+                        distributions=fixed.distributions,
+                        values=list(point),
+                        user_attrs=attrs,
+                    )
+                )
+
+    def _invalid(self, params: dict[str, Any], number: int) -> str | None:
+        from optuna.trial import FixedTrial
+
+        try:
+            self._space.suggest(FixedTrial(params, number))
+        except (CompressError, ValueError) as exc:  # a transform's cross-field rule
+            return str(exc)
+        return None
+
+
+def _point(result: dict[str, Any]) -> tuple[float, float] | None:
+    latency, quality = result.get("relative_latency"), result.get("quality")
+    if latency is None or quality is None:
+        return None
+    return (float(latency), float(quality))
+
+
+def _trained(stopped_at: dict[str, Any] | None) -> bool:
+    """A stopped trial whose last score came after all of its training (or it trains nothing)."""
+    fraction = (stopped_at or {}).get("training_fraction")
+    return stopped_at is not None and (fraction is None or fraction >= 1.0)
+
+
+def _misses(result: dict[str, Any]) -> list[dict[str, Any]]:
+    return list((result.get("cache") or {}).get("misses", []))
+
+
+def _state(name: str) -> Any:
+    from optuna.trial import TrialState
+
+    return getattr(TrialState, name)
