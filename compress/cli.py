@@ -77,6 +77,10 @@ def apply(
     work_dir: Annotated[
         Path | None, typer.Option(help="Checkpoints of training transforms; rerun to resume.")
     ] = None,
+    cache: Annotated[
+        Path | None,
+        typer.Option(help="Share teacher-drawn training data in this folder (a search's cache)."),
+    ] = None,
 ) -> None:
     """Apply RECIPE to a checkpoint and save the result as a loadable folder."""
     from compress.errors import CompressError
@@ -102,7 +106,16 @@ def apply(
     with console.status(f"loading {model}"):
         pipe = load_pipeline(model, device=device, dtype=dtype)
     console.print(f"applying {parsed.name} ({len(parsed.transforms)} transforms)")
-    ctx = RunContext(device=device, data=data, prompts=[p for p in lines if p], out_dir=work_dir)
+    from compress.models.loading import weights_digest
+
+    ctx = RunContext(
+        device=device,
+        data=data,
+        prompts=[p for p in lines if p],
+        out_dir=work_dir,
+        data_cache=cache / "data" if cache else None,
+        teacher_digest=weights_digest(model) if cache else None,
+    )
     applied = apply_recipe(pipe, parsed, ctx)  # training transforms show their own progress
     applied.provenance = applied.provenance.model_copy(update={"source_model": model})
     if os.environ.get("RANK", "0") != "0":  # every process trained the same model; one writes
@@ -320,6 +333,9 @@ def search(
     list_spaces: Annotated[
         bool, _Opt("--list-spaces", help="List the shipped search spaces and exit.")
     ] = False,
+    plan: Annotated[
+        bool, _Opt("--plan", help="Print the space's costs on its device; train nothing.")
+    ] = False,
 ) -> None:
     """Search compressions; write the Pareto front as recipes, a trials CSV and a report."""
     from compress.search.command import dry_run_command, list_spaces_command
@@ -331,6 +347,20 @@ def search(
         dry_run_command(console, space or "miniature")
         return
     heavy()
+    if plan:
+        from compress.search.command import plan_command
+
+        given = {
+            "model": model,
+            "metric": metric,
+            "target_gpu": target_gpu,
+            "gpus_per_trial": gpus_per_trial,
+            "cpus_per_trial": cpus_per_trial,
+            "max_concurrent": max_concurrent,
+            "time_budget": time_budget,
+        }
+        plan_command(console, space, **{k: v for k, v in given.items() if v is not None})
+        return
     from compress.search.command import search_command
 
     search_command(

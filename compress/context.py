@@ -23,6 +23,10 @@ class RunContext:
     data: Path | None = None
     prompts: list[str] = field(default_factory=list)
     out_dir: Path | None = None
+    # Where teacher-drawn training data is shared (compress.train.teacher_data), and the digest
+    # of the teacher's weight files when known (else its weights are hashed in memory).
+    data_cache: Path | None = None
+    teacher_digest: str | None = None
     # Free-form handles later transforms share (e.g. cached calibration activations).
     cache: dict[str, Any] = field(default_factory=dict)
 

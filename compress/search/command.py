@@ -127,3 +127,61 @@ def dry_run_command(console: Any, space: str, samples: int = 3) -> None:
             fields = t.model_dump(mode="json", exclude_defaults=True, exclude={"kind"})
             parts.append(f"{t.kind}({', '.join(f'{k}={v}' for k, v in fields.items())})")
         console.print(f"sample {i}: " + " -> ".join(parts), highlight=False, markup=False)
+
+
+def plan_command(console: Any, space: str | None, **options: Any) -> dict[str, Any]:
+    """Print what the space costs on its target device (no training, no weights read)."""
+    from rich.table import Table
+
+    from compress.search.plan import make_plan
+
+    sp_name = space or "miniature"
+    from compress.search.space import load_space
+
+    sp = load_space(sp_name)
+    model = options.pop("model", None) or sp.spec.search.model or sp.spec.search.arch
+    if model is None:
+        raise CompressError(f"search space {sp.source} names no model or arch; pass --model")
+    metric = options.pop("metric", None) or sp.spec.search.metric or "miniature"
+    cfg, sp = resolve_config(sp_name, model=model, metric=metric, out="<plan>", **options)
+    plan = make_plan(cfg, sp)
+    device = plan.device
+    rates = ", ".join(f"{k} {v / 1e12:.3g}" for k, v in device.rates.items())
+    console.print(
+        f"plan of [bold]{sp.name}[/bold] for {plan.model} on {device.name} "
+        f"({device.memory / 2**30:.0f} GiB; TFLOP/s {rates}; {device.source})",
+        highlight=False,
+    )
+    c = plan.costs
+    console.print(
+        f"one denoiser call {c['denoiser_flops'] / 1e9:.4g} GFLOP ({c['denoiser_params'] / 1e6:.4g}"
+        f" M parameters), text encoders {c['text_flops'] / 1e9:.3g}, VAE decode "
+        f"{c['decode_flops'] / 1e9:.4g} GFLOP; latents {tuple(c['latent_shape'])}",
+        highlight=False,
+    )
+    table = Table("stage", "what", "seconds", "memory GiB", "disk GiB", "note")
+    for r in plan.rows:
+        table.add_row(
+            r.stage,
+            r.what,
+            ""
+            if r.seconds is None
+            else f"{r.seconds:,.0f}"
+            if r.seconds >= 10
+            else f"{r.seconds:.3g}",
+            "" if r.memory_gib is None else f"{r.memory_gib:.3g}",
+            "" if r.disk_gib is None else f"{r.disk_gib:.3g}",
+            r.note,
+        )
+    console.print(table)
+    b = plan.budget
+    if b.get("time_budget_s"):
+        console.print(
+            f"time budget {b['time_budget_s'] / 3600:.3g} h x {b['concurrency']} trials at once: "
+            f"at most {b.get('max_prefix_trials') or 0} trials that train a new prefix "
+            f"({b['prefix_trial_s']:,.0f} s each), or {b.get('max_suffix_trials') or 0} that "
+            f"evaluate a suffix on a trained one ({b['suffix_trial_s']:,.0f} s each); the "
+            "two-level search spends on both by expected gain per second",
+            highlight=False,
+        )
+    return plan.to_json()

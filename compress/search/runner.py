@@ -135,10 +135,13 @@ def run_search(
     console: Any = None,
     verbose: bool = False,
     points: list[dict[str, Any]] | None = None,
+    trainable: Callable[..., None] | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) a search into cfg.out; return the summary (front, hypervolume...).
 
     `points` (knob values) are evaluated first, in order (Optuna enqueues them), e.g. a grid.
+    `trainable` replaces the trial function (`run_trial(config, job=...)`): the scheduling
+    simulation runs the real driver with trials that only sleep (scripts/simulate_search.py).
     """
     from compress.evaluate import EvalSettings
     from compress.models.loading import resolve
@@ -179,36 +182,23 @@ def run_search(
         times["baseline_s"] = time.perf_counter() - t0
         mark_interrupted(run)
         records = read_records(run)
-        # Phases, each a queue of knob values run first, then the sampler: the start points,
-        # then (when the space composes) the unions of those that were faster. Every phase but
-        # the last runs only its queue, so that the next one sees its results.
-        phases: list[tuple[str, Callable[[list[TrialRecord]], list[dict[str, Any]]]]] = [
-            ("start", lambda recs: [*start_points(space, recs), *(points or [])])
-        ]
-        if space.spec.search.compose:
-            phases.append(("composition", lambda recs: compositions(space, recs)))
-        tune_s, launched = 0.0, 0
-        for i, (origin, queue) in enumerate(phases):
-            if i and deadline is not None and time.time() >= deadline:
-                break
-            queued = [(p, origin) for p in queue(records)]
-            remaining = cfg.trials - sum(r.state in FINISHED for r in records)
-            if i < len(phases) - 1:
-                remaining = min(remaining, len(queued))
-            if remaining <= 0:
-                continue
+        # One Tuner for the whole search: the start points first; once they have all finished,
+        # the unions of those that were faster (when the space composes); the two-level sampler
+        # fills every free worker meanwhile and after (compress.search.twolevel).
+        queued = [(p, "start") for p in [*start_points(space, records), *(points or [])]]
+        remaining = cfg.trials - sum(r.state in FINISHED for r in records)
+        if remaining > 0:
             t0 = time.perf_counter()
             _tune(
                 cfg, space, run, records, remaining, resources, baseline, console, verbose,
-                queued, deadline,
+                queued, deadline, trainable,
             )  # fmt: skip
-            tune_s += time.perf_counter() - t0
-            before, records = len(records), read_records(run)
-            launched += len(records) - before
-            if len(records) - before < remaining:  # interrupted, or the time budget ran out
-                break
-        if launched:
-            times |= {"tune_s": tune_s, "trials": launched, "max_concurrent": cfg.max_concurrent}
+            launched = len(read_records(run)) - len(records)
+            times |= {
+                "tune_s": time.perf_counter() - t0,
+                "trials": launched,
+                "max_concurrent": cfg.max_concurrent,
+            }
     _log_times(run, times)
     return finalize(run)
 
@@ -248,6 +238,7 @@ def _tune(
     verbose: bool,
     points: list[tuple[dict[str, Any], str]],
     deadline: float | None,
+    trainable: Callable[..., None] | None = None,
 ) -> None:
     from ray import tune
 
@@ -267,11 +258,16 @@ def _tune(
     from compress.search.twolevel import TwoLevelSearch
 
     limits = Limits(cfg.max_latency, cfg.min_quality)
+    compose = space.spec.search.compose
     search = BudgetLimiter(
         TwoLevelSearch(
             space,
             split_levels(space),
-            make_sampler=lambda i: make_sampler(cfg.sampler, cfg.trials, cfg.seed + i),
+            compose=(lambda recs: compositions(space, recs)) if compose else None,
+            # a suffix study has few trials: a short random start before TPE models it
+            make_sampler=lambda i, prefix: make_sampler(
+                cfg.sampler, cfg.trials if prefix else 15, cfg.seed + i
+            ),
             records=records,
             baseline_quality=baseline["quality"],
             limits=limits,
@@ -325,7 +321,8 @@ def _tune(
         callbacks.append(progress)
     callbacks.insert(0, LedgerCallback(run, limits, progress.record if progress else None))
     part = sum(1 for _ in (run / "ray").glob("part*")) if (run / "ray").is_dir() else 0
-    trainable = tune.with_resources(tune.with_parameters(run_trial, job=job), resources)
+    trial_fn = tune.with_parameters(trainable or run_trial, job=job)
+    trainable = tune.with_resources(trial_fn, resources)
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(

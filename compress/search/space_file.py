@@ -42,6 +42,9 @@ class SearchDefaults(_Strict):
     """Defaults for `compress search` options, so the space alone describes a runnable job."""
 
     model: str | None = None
+    # The published architecture the space is sized for (sd15, sdxl, ...): what `--plan` counts
+    # when no --model is given (compress.models.archs, built on the meta device).
+    arch: str | None = None
     metric: str | None = None
     trials: int = Field(24, ge=1)
     sampler: Literal["nsga2", "tpe"] = "tpe"

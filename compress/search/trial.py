@@ -11,6 +11,7 @@ it at any rung where the front of that rung clearly dominates it.
 from __future__ import annotations
 
 import logging
+import re
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -271,9 +272,17 @@ def _builder(job: TrialJob, number: int, log: logging.Logger) -> Any:
             return load_artifact(folder, device=device, dtype=job.dtype)
         return load_model(job.model, device=device, dtype=job.dtype)
 
+    digest = job.weights if re.fullmatch(r"[0-9a-f]{64}", job.weights) else None
     return Builder(
         load=load,
-        context={"device": device, "data": _data(job), "prompts": _prompts(job)},
+        context={
+            "device": device,
+            "data": _data(job),
+            "prompts": _prompts(job),
+            # teacher-drawn training data, shared by every trial through the cache folder
+            "data_cache": Path(job.cache_dir) / "data" if job.cache_dir else None,
+            "teacher_digest": digest,  # the teacher is the model: its files' digest
+        },
         cache=PrefixCache(job.cache_dir) if job.cache_dir else None,
         weights=job.weights,
         data=job.data_identity,

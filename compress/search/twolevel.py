@@ -25,12 +25,12 @@ from ray.tune.search import Searcher
 
 from compress.errors import CompressError
 from compress.search.allocation import Choice, Outcome, choose, gains
+from compress.search.ledger import TrialRecord
 from compress.search.levels import Levels
 
 if TYPE_CHECKING:
     import optuna
 
-    from compress.search.ledger import TrialRecord
     from compress.search.space import SearchSpace
     from compress.search.tuning import Limits
 
@@ -56,11 +56,12 @@ class TwoLevelSearch(Searcher):
         space: SearchSpace,
         levels: Levels,
         *,
-        make_sampler: Callable[[int], optuna.samplers.BaseSampler],
+        make_sampler: Callable[[int, bool], optuna.samplers.BaseSampler],
         records: list[TrialRecord],
         baseline_quality: float,
         limits: Limits,
         queue: list[tuple[dict[str, Any], str]] | None = None,
+        compose: Callable[[list[TrialRecord]], list[dict[str, Any]]] | None = None,
         deadline: float | None = None,
         training_prior_s: float = 300.0,
         seed: int = 0,
@@ -71,6 +72,9 @@ class TwoLevelSearch(Searcher):
         self._make_sampler = make_sampler
         self._baseline, self._limits = baseline_quality, limits
         self._queue = list(queue or [])
+        # once every start point has finished: the unions of the faster ones (search.compose)
+        self._compose = compose
+        self._records = list(records)
         self._deadline, self._prior, self._clock = deadline, training_prior_s, clock
         self._rng = random.Random(seed)
         self._running: dict[str, _Running] = {}
@@ -93,6 +97,7 @@ class TwoLevelSearch(Searcher):
         number = self._number
         self._number += 1
         asked: dict[str, Any] = {}
+        self._maybe_compose()
         if self._queue:
             params, origin = self._queue.pop(0)
         else:
@@ -138,10 +143,38 @@ class TwoLevelSearch(Searcher):
             ready=scored and (fraction is None or fraction >= 1.0),
         )
         self._history.append((outcome, run.params))
+        state = "failed" if error else ("complete" if full else "stopped")
+        low, high = result.get("speedup_low"), result.get("speedup_high")
+        self._records.append(
+            TrialRecord(
+                number=run.number,
+                state=state,
+                params=run.params,
+                speedup=result.get("speedup"),
+                speedup_ci=[low, high] if low is not None and high is not None else None,
+                quality=result.get("quality"),
+                training=bool(result.get("training")),
+                constraints=violations,
+                origin=run.origin,
+            )
+        )
 
     @property
     def outcomes(self) -> list[Outcome]:
         return [o for o, _ in self._history]
+
+    def _maybe_compose(self) -> None:
+        """Queue the compositions when no start point is queued or running any more."""
+        if self._compose is None:
+            return
+        if any(o == "start" for _, o in self._queue):
+            return
+        if any(r.origin == "start" for r in self._running.values()):
+            return
+        compose, self._compose = self._compose, None
+        seen = [p for p, _ in self._queue] + [r.params for r in self._running.values()]
+        queued = [p for p in compose(self._records) if p not in seen]
+        self._queue.extend((p, "composition") for p in queued)
 
     # --- the two levels ---
 
@@ -193,7 +226,7 @@ class TwoLevelSearch(Searcher):
         import optuna
 
         if name not in self._studies:
-            sampler = self._make_sampler(len(self._studies))
+            sampler = self._make_sampler(len(self._studies), name == "prefix")
             self._studies[name] = optuna.create_study(
                 directions=["minimize", "maximize"], sampler=sampler
             )

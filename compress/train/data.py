@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from torch.utils.data import DataLoader
 
     from compress.context import RunContext
+    from compress.train.teacher_data import StreamedLatents
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -184,8 +185,12 @@ def build_dataset(
     prompts: list[str] | None = None,
     teacher: DiffusionPipeline | None = None,
     teacher_steps: int = 20,
-) -> tuple[LatentDataset, dict[str, Any]]:
-    """The dataset for `source` ("images", "prompts" or "miniature-digits") and a description."""
+    store: Path | None = None,
+    teacher_digest: str | None = None,
+) -> tuple[LatentDataset | StreamedLatents, dict[str, Any]]:
+    """The dataset for `source` ("images", "prompts" or "miniature-digits") and a description.
+    With `store`, teacher-drawn data comes from (or is drawn once into) that shared folder and
+    is streamed from disk."""
     if source == "images":
         if folder is None:
             raise CompressError("data source 'images' needs a folder of images with captions")
@@ -198,13 +203,20 @@ def build_dataset(
         if teacher is None:
             raise CompressError("data source 'prompts' needs a teacher to generate the images")
         captions = [prompts[i % len(prompts)] for i in range(n)]
-        latents = teacher_latents(teacher, captions, seed, teacher_steps)
         info = {
             "source": "prompts",
             "samples": n,
             "prompts": len(prompts),
             "teacher_steps": teacher_steps,
         }
+        if store is not None:
+            from compress.train.teacher_data import drawn_dataset
+
+            drawn = drawn_dataset(
+                store, teacher, captions, seed=seed, steps=teacher_steps, digest=teacher_digest
+            )
+            return drawn, info
+        latents = teacher_latents(teacher, captions, seed, teacher_steps)
     elif source == "miniature-digits":
         images, captions = miniature_digits(n, seed)
         latents = encode_images(pipe, images, seed)

@@ -91,6 +91,8 @@ def training_data(
         prompts=ctx.prompts,
         teacher=teacher,
         teacher_steps=cfg.teacher_steps,
+        store=ctx.data_cache,
+        teacher_digest=ctx.teacher_digest,
     )
 
 

@@ -21,7 +21,11 @@ def _record(number, params, speedup, low=None, training=False, state="complete")
 
 def test_compositions_merge_faster_candidates_cheapest_first():
     space = load_space("miniature")
-    unipc, blocks, student = space.spec.search.start
+    unipc, student = space.spec.search.start
+    student = {**student, "student_steps": 4}
+    blocks = {"structure": "blocks", "block_preset": "small", "student": "none",
+              "precision": "full", "scheduler": "dpmsolver++", "steps": 20,
+              "guidance_scale": 4.0, "caching": "none", "compiled": False}  # fmt: skip
     cached = {**unipc, "scheduler": "dpmsolver++", "steps": 20, "guidance_scale": 4.0,
               "caching": "deepcache", "cache_interval": 3, "cache_branch": 1,
               "cache_schedule": "uniform"}  # fmt: skip
@@ -60,43 +64,76 @@ def _offline(monkeypatch, tune) -> None:
     monkeypatch.setattr(results, "finalize", lambda run: {"run": run.name})
 
 
-def test_the_search_runs_the_start_points_then_their_unions_then_the_sampler(tmp_path, monkeypatch):
+def test_one_tuner_runs_the_whole_search_from_the_start_points(tmp_path, monkeypatch):
     from compress.search import runner
 
-    speed = {0: 4.4, 1: 1.7, 2: 7.3}
     calls: list[tuple[int, list]] = []
 
     def tune(cfg, space, run, records, remaining, *rest):
-        points = [params for params, _ in rest[-2]]  # (knob values, origin)
-        calls.append((remaining, points))
-        for i in range(remaining):  # each trial takes the next point, as Optuna enqueues them
-            n = len(records) + i
-            params = points[i] if i < len(points) else {}
-            write_record(run, _record(n, params, speed.get(n, 2.0), training=n in (1, 2)))
+        calls.append((remaining, rest[-3]))
+        write_record(run, _record(0, rest[-3][0][0], 4.4))  # one finished, then Ctrl-C
 
     _offline(monkeypatch, tune)
     cfg, space = resolve_config("miniature", out=str(tmp_path / "run"), trials=12)
     runner.run_search(cfg, space)
     start = space.spec.search.start
-    assert calls[0] == (len(start), start)  # the start points alone first
-    remaining, unions = calls[1]
-    assert remaining == 12 - len(start)
-    ran = [_record(n, p, speed[n], training=n in (1, 2)) for n, p in enumerate(start)]
-    assert unions == compositions(space, ran)
+    assert calls == [(12, [(p, "start") for p in start])]
+    assert json.loads((cfg.run / "timings.json").read_text())[-1]["trials"] == 1
+    calls.clear()
+    runner.run_search(cfg, space, resume=True)  # the finished start point is not run again
+    assert calls == [(11, [(p, "start") for p in start[1:]])]
+
+
+def _result(speedup, training=False):
+    return {
+        "stage": 2,
+        "relative_latency": 1 / speedup,
+        "quality": 0.6,
+        "speedup": speedup,
+        "speedup_low": speedup * 0.9,
+        "speedup_high": speedup * 1.1,
+        "training": training,
+        "training_fraction": 1.0 if training else None,
+    }
+
+
+def test_the_searcher_composes_once_every_start_point_has_finished():
+    from compress.search.levels import split_levels
+    from compress.search.study import make_sampler
+    from compress.search.tuning import Limits
+    from compress.search.twolevel import TwoLevelSearch
+
+    space = load_space("miniature")
+    unipc, student = space.spec.search.start
+    blocks = {**unipc, "structure": "blocks", "block_preset": "small", "scheduler": "dpmsolver++",
+              "steps": 20, "guidance_scale": 4.0}  # fmt: skip
+    start = [unipc, blocks, student]
+    search = TwoLevelSearch(
+        space,
+        split_levels(space),
+        make_sampler=lambda i, prefix: make_sampler("tpe", 40, i),
+        records=[],
+        baseline_quality=0.7,
+        limits=Limits(),
+        queue=[(p, "start") for p in start],
+        compose=lambda records: compositions(space, records),
+    )
+    first = [search.suggest(f"s{i}") for i in range(len(start))]
+    assert [c["origin"] for c in first] == ["start"] * len(start)
+    spare = search.suggest("spare")  # a free worker while start points run: the sampler
+    assert spare["origin"] in ("prefix", "suffix")
+    search.on_trial_complete("spare", error=True)
+    speed = [4.4, 1.7, 7.3]
+    for i, _ in enumerate(first):
+        search.on_trial_complete(f"s{i}", _result(speed[i], training=i > 0))
+    ran = [
+        _record(c["number"], p, speed[i], training=i > 0)
+        for i, (c, p) in enumerate(zip(first, start, strict=True))
+    ]
+    unions = compositions(space, ran)
     assert {**start[1], "scheduler": "unipc", "steps": 4, "guidance_scale": 3.0} in unions
-    assert json.loads((cfg.run / "timings.json").read_text())[-1]["trials"] == 12
-
-
-def test_an_interrupted_start_phase_does_not_go_on_to_compose(tmp_path, monkeypatch):
-    from compress.search import runner
-
-    calls: list[int] = []
-
-    def tune(cfg, space, run, records, remaining, *rest):
-        calls.append(remaining)
-        write_record(run, _record(0, rest[-2][0][0], 4.4))  # one trial finished, then Ctrl-C
-
-    _offline(monkeypatch, tune)
-    cfg, space = resolve_config("miniature", out=str(tmp_path / "run"), trials=12)
-    runner.run_search(cfg, space)
-    assert calls == [len(space.spec.search.start)]
+    nxt = [search.suggest(f"c{i}") for i in range(len(unions))]
+    strip = ("number", "origin")
+    assert [{k: v for k, v in c.items() if k not in strip} for c in nxt] == unions
+    assert {c["origin"] for c in nxt} == {"composition"}
+    assert search.suggest("after")["origin"] in ("prefix", "suffix")

@@ -86,10 +86,11 @@ def test_default_miniature_space_is_joint() -> None:
                 "quant_down": "none",
                 "quant_up": "int8_dynamic",
                 "caching": "none",
+                "compiled": True,
             }
         )
     )
-    assert kinds(combined) == ["prune_blocks", "distill", "distill_steps", "quantize"]
+    assert kinds(combined) == ["prune_blocks", "distill", "distill_steps", "quantize", "compile"]
     assert combined.transforms[2].student_steps == 3
     assert combined.transforms[2].method == "trajectory"
     lcm = space.suggest(
@@ -108,6 +109,7 @@ def test_default_miniature_space_is_joint() -> None:
                 "cache_interval": 2,
                 "cache_branch": 1,
                 "cache_schedule": "uniform",
+                "compiled": False,
             }
         )
     )
@@ -123,6 +125,7 @@ def test_default_miniature_space_is_joint() -> None:
                 "steps": 8,
                 "guidance_scale": 3.0,
                 "caching": "none",
+                "compiled": False,
             }
         )
     )

@@ -123,7 +123,7 @@ def searcher(records=(), queue=None, clock=None, limits=None, deadline=None):
     return TwoLevelSearch(
         space,
         split_levels(space),
-        make_sampler=lambda i: make_sampler("tpe", 20, i),
+        make_sampler=lambda i, prefix: make_sampler("tpe", 20, i),
         records=list(records),
         baseline_quality=0.5,
         limits=limits or Limits(),

@@ -1,0 +1,229 @@
+"""A search at cluster scale, simulated: the real driver (runner, two-level searcher, rung
+scheduler, ledger, prefix cache) with trials that sleep for the cost the plan predicts and score
+from a surrogate fitted to measured miniature trials, time-scaled so that hours run in minutes
+(scripts/simulate_search.py).
+
+The surrogate maps a candidate's knob values to its (relative latency, quality): extremely
+randomised trees (scikit-learn) on the one-hot knob values of measured trials, plus noise of
+the size the measurements show. A rung's quality is the final one less the mean shortfall the
+measured trials showed at that fraction of their training.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ABSENT = "<absent>"
+
+
+@dataclass
+class Surrogate:
+    """(log relative latency, quality) of knob values, from measured trials."""
+
+    knobs: list[str]
+    model: Any  # sklearn regressor with two outputs
+    columns: list[str]
+    noise: tuple[float, float]  # std of log latency and of quality
+    rung_gap: dict[float, float]  # training fraction -> mean quality shortfall
+    baseline_quality: float
+    trials: int
+
+    def encode(self, params: dict[str, Any]) -> list[float]:
+        row = dict.fromkeys(self.columns, 0.0)
+        for k in self.knobs:
+            value = params.get(k, ABSENT)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                row[f"{k}#num"] = float(value)
+                row[f"{k}={ABSENT}"] = 0.0
+            key = f"{k}={value}"
+            if key in row:
+                row[key] = 1.0
+        return [row[c] for c in self.columns]
+
+    def predict(
+        self, params: dict[str, Any], fraction: float | None, seed: int
+    ) -> tuple[float, float]:
+        rng = random.Random(seed)
+        log_latency, quality = self.model.predict([self.encode(params)])[0]
+        log_latency += rng.gauss(0.0, self.noise[0])
+        quality += rng.gauss(0.0, self.noise[1])
+        if fraction is not None and fraction < 1:
+            quality -= self.rung_gap.get(fraction, max(self.rung_gap.values(), default=0.0))
+        return min(1.5, math.exp(log_latency)), quality
+
+
+def fit_surrogate(records: list[dict[str, Any]], baseline_quality: float) -> Surrogate:
+    """Fit on ledger records (trial.json contents) that have a measured point."""
+    from sklearn.ensemble import ExtraTreesRegressor
+
+    scored = [r for r in records if r.get("speedup") and r.get("quality") is not None]
+    if len(scored) < 5:
+        raise ValueError(f"the surrogate needs at least 5 measured trials, got {len(scored)}")
+    knobs = sorted({k for r in scored for k in r["params"]})
+    columns = sorted(
+        {f"{k}={r['params'].get(k, ABSENT)}" for r in scored for k in knobs}
+        | {
+            f"{k}#num"
+            for r in scored
+            for k in knobs
+            if isinstance(r["params"].get(k), int | float)
+            and not isinstance(r["params"].get(k), bool)
+        }
+    )
+    surrogate = Surrogate(knobs, None, columns, (0.0, 0.0), {}, baseline_quality, len(scored))
+    x = [surrogate.encode(r["params"]) for r in scored]
+    y = [(math.log(1.0 / r["speedup"]), r["quality"]) for r in scored]
+    surrogate.model = ExtraTreesRegressor(n_estimators=200, min_samples_leaf=2, random_state=0)
+    surrogate.model.fit(x, y)
+    # measurement noise: half the log width of the paired interval; quality: the spread of
+    # trials with the same knob values (or 0.01, the judge's resolution, when none repeat)
+    widths = [
+        math.log(r["speedup_ci"][1] / r["speedup_ci"][0]) / 4 for r in scored if r.get("speedup_ci")
+    ]
+    surrogate.noise = (sum(widths) / len(widths) if widths else 0.05, 0.01)
+    gaps: dict[float, list[float]] = {}
+    for r in records:
+        final = r.get("quality")
+        if r.get("state") != "complete" or final is None:
+            continue
+        for p in r.get("rungs", []):
+            f = p.get("training_fraction")
+            if f is not None and f < 1:
+                gaps.setdefault(f, []).append(final - p["quality"])
+    surrogate.rung_gap = {f: sum(v) / len(v) for f, v in gaps.items()}
+    return surrogate
+
+
+def read_ledgers(runs: list[Path]) -> tuple[list[dict[str, Any]], float]:
+    """Every trial of the given search runs, and their baseline's quality."""
+    records, baselines = [], []
+    for run in runs:
+        baselines.append(json.loads((run / "baseline" / "scores.json").read_text())["quality"])
+        for f in sorted((run / "trials").glob("*/trial.json")):
+            records.append(json.loads(f.read_text()))
+    return records, sum(baselines) / len(baselines)
+
+
+@dataclass
+class SimCosts:
+    """Simulated seconds: training by transform kind, one evaluation, a trial's start."""
+
+    training: dict[str, float]
+    evaluation: float
+    scale: float  # wall seconds per simulated second
+    busy: dict[str, float] = field(default_factory=dict)
+
+
+def simulated_trial(
+    config: dict[str, Any], job: Any, costs: SimCosts, surrogate: Surrogate
+) -> None:
+    """A Ray Tune trainable with the real trial's reports: rungs while it trains, the full
+    evaluation last; its prefix is looked up in and stored to the real prefix cache."""
+    from optuna.trial import FixedTrial
+    from ray import tune
+
+    from compress.search.build import rungs_for, split
+    from compress.search.cache import PrefixCache, prefix_key
+    from compress.search.space import SearchSpace, SpaceFile
+    from compress.search.trial import RESERVED
+    from compress.versions import library_versions
+
+    number = int(config["number"])
+    params = {k: v for k, v in config.items() if k not in RESERVED}
+    space = SearchSpace(SpaceFile.model_validate(job.space), job.space_source)
+    plan = split(space.suggest(FixedTrial(params, number)))
+    cache = PrefixCache(job.cache_dir)
+    key = prefix_key(job.weights, plan.scaled(1.0), job.data_identity, library_versions())
+    cached = plan.trains and cache.lookup(key) is not None
+    train_s = 0.0 if cached else sum(costs.training.get(t.kind, 0.0) for t in plan.training)
+    fractions = [1.0] if cached or not plan.trains else rungs_for(plan, job.rungs)
+    busy, done = 0.0, 0.0
+    misses: list[dict[str, Any]] = []
+    hits = [{"key": key, "seconds": sum(costs.training.get(t.kind, 0.0) for t in plan.training)}]
+    for fraction in fractions:
+        step = train_s * (fraction - done)
+        time.sleep(step * costs.scale)
+        busy, done = busy + step, fraction
+        if step:
+            misses.append({"key": key, "seconds": step, "trained_steps": 1})
+        if fraction == 1.0 and plan.trains and not cached:
+            _store(cache, key, train_s, number)
+        latency, quality = surrogate.predict(params, fraction if plan.trains else None, number)
+        tune.report(
+            _result(
+                1,
+                fraction if plan.trains else None,
+                latency,
+                quality,
+                busy,
+                plan.trains,
+                hits if cached else [],
+                misses,
+            )
+        )
+    time.sleep(costs.evaluation * costs.scale)
+    busy += costs.evaluation
+    latency, quality = surrogate.predict(params, None, number)
+    tune.report(
+        _result(
+            2,
+            1.0 if plan.trains else None,
+            latency,
+            quality,
+            busy,
+            plan.trains,
+            hits if cached else [],
+            misses,
+        )
+    )
+
+
+def _result(
+    stage: int,
+    fraction: float | None,
+    latency: float,
+    quality: float,
+    busy: float,
+    training: bool,
+    hits: list[dict[str, Any]],
+    misses: list[dict[str, Any]],
+) -> dict[str, Any]:
+    speedup = 1.0 / latency
+    return {
+        "stage": stage,
+        "training_fraction": fraction,
+        "prompts": 8 if stage == 1 else 32,
+        "relative_latency": latency,
+        "quality": quality,
+        "latency_ms": 100.0 * latency,
+        "reference_latency_ms": 100.0,
+        "speedup": speedup,
+        "speedup_low": speedup * 0.95,
+        "speedup_high": speedup * 1.05,
+        "scores": {},
+        "rungs": [{"training_fraction": fraction, "relative_latency": latency, "quality": quality}],
+        "training": training,
+        "cache": {"hits": hits, "misses": misses},
+        "busy_s": busy,
+    }
+
+
+def _store(cache: Any, key: str, seconds: float, trial: int) -> None:
+    """A cache entry as the real one is written (atomic folder, digests), holding a marker."""
+    from compress.fs import atomic_folder, file_digests
+
+    with cache.lock(key):
+        if cache.lookup(key) is not None:
+            return
+        with atomic_folder(cache.entry(key)) as tmp:
+            (tmp / "artifact").mkdir()
+            (tmp / "artifact" / "simulated.txt").write_text(key)
+            meta = {"key": key, "training_s_total": seconds, "trial": trial}
+            meta["files"] = file_digests(tmp / "artifact")
+            (tmp / "entry.json").write_text(json.dumps(meta))
