@@ -66,7 +66,9 @@ def one(gpus: int, hours: float, minutes: float, out: Path, costs: Any, surrogat
     ray.init(num_cpus=max(4, gpus), num_gpus=gpus, include_dashboard=False, log_to_driver=False)
     t0 = time.time()
     try:
-        run_search(cfg, sp, trainable=functools.partial(simulated_trial, costs=costs, surrogate=surrogate))
+        run_search(
+            cfg, sp, trainable=functools.partial(simulated_trial, costs=costs, surrogate=surrogate)
+        )
     finally:
         ray.shutdown()
     wall = time.time() - t0
@@ -81,7 +83,10 @@ def one(gpus: int, hours: float, minutes: float, out: Path, costs: Any, surrogat
         timeline.append((done_h, r))
     timeline.sort(key=lambda x: x[0])
     curve, points = [], []
-    reference = (1.0, min([r.quality for r in records if r.quality is not None] + [surrogate.baseline_quality]))
+    reference = (
+        1.0,
+        min([r.quality for r in records if r.quality is not None] + [surrogate.baseline_quality]),
+    )
     for done_h, r in timeline:
         if r.state == "complete" and r.point and r.faster:
             points.append(r.point)
@@ -123,7 +128,9 @@ def main() -> None:
     surrogate = fit_surrogate(records, baseline)
     planned = plan_costs(1.0)
     costs = SimCosts(planned["training"], planned["evaluation"], 1.0)
-    print(f"surrogate: {surrogate.trials} measured trials, noise {surrogate.noise}, rung gaps {surrogate.rung_gap}")
+    print(
+        f"surrogate: {surrogate.trials} measured trials, noise {surrogate.noise}, rung gaps {surrogate.rung_gap}"
+    )
     print(f"costs (simulated s): training {costs.training}, evaluation {costs.evaluation:.1f}")
     results = []
     for gpus in args.gpus:
@@ -137,7 +144,12 @@ def main() -> None:
     if args.json:
         args.json.write_text(
             json.dumps(
-                {"load": os.getloadavg(), "costs": planned, "surrogate_trials": surrogate.trials, "results": results},
+                {
+                    "load": os.getloadavg(),
+                    "costs": planned,
+                    "surrogate_trials": surrogate.trials,
+                    "results": results,
+                },
                 indent=2,
                 default=str,
             )
