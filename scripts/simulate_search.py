@@ -129,7 +129,8 @@ def main() -> None:
     planned = plan_costs(1.0)
     costs = SimCosts(planned["training"], planned["evaluation"], 1.0)
     print(
-        f"surrogate: {surrogate.trials} measured trials, noise {surrogate.noise}, rung gaps {surrogate.rung_gap}"
+        f"surrogate: {surrogate.trials} measured trials, noise {surrogate.noise}, "
+        f"rung gaps {surrogate.rung_gap}"
     )
     print(f"costs (simulated s): training {costs.training}, evaluation {costs.evaluation:.1f}")
     results = []
