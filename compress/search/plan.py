@@ -50,6 +50,13 @@ GPUS = {"H100": (989e12, 80), "H200": (989e12, 141), "A100": (312e12, 80), "L40S
 UTILISATION = {"denoiser": 0.10, "train": 0.30, "text": 0.05, "decode": 0.10}
 TRIAL_OVERHEAD_S = 5.0  # a trial's start on its worker and its model load
 SHALLOW = 0.35  # FLOPs of a DeepCache shallow step relative to a full one (branch 0-2)
+# torch.compile's one-off cost per trial that compiles: measured 49 s for the miniature's UNet
+# and VAE on these CPUs; SD-size graphs on a GPU take one to two minutes (stated)
+COMPILE_S = {"cpu": 50.0, "gpu": 90.0}
+# A quantized call on a CPU is slower, not faster, for models this small: latency of the
+# miniature with every Linear quantized over its float32 latency (reports/quantization.md);
+# on a GPU the plan prices a quantized call as a float one (an upper bound for float8/int8).
+CPU_FORMAT_FACTOR = {"int8_weight_only": 1.41, "int8_dynamic": 2.79, "intx4_weight_only": 1.55}
 # teacher forwards per training sample besides the student's forward and backward
 TEACHER_CALLS = {"distill": 1, "qat": 1, "distill_guidance": 2, "consistency": 3}
 
@@ -194,7 +201,31 @@ class CostModel:
             elif t.kind == "cache" and t.method == "deepcache":
                 full = 1.0 / (t.interval or DEEPCACHE_INTERVAL)
         ratio = self.student_ratio(plan.structure)
-        return self.call_seconds(steps, guidance > 1, ratio, max(full, 1.0 / max(steps, 1)))
+        call = self.call_seconds(steps, guidance > 1, ratio, max(full, 1.0 / max(steps, 1)))
+        return call * self._quantized_factor(recipe)
+
+    def _quantized_factor(self, recipe: Recipe) -> float:
+        """How much slower a quantized call is on this device (1 on a GPU): each block group a
+        format covers (down, up: half the Linear work each; a catch-all rule: all of it)."""
+        if not self.device.name.startswith("CPU"):
+            return 1.0
+        extra = 0.0
+        for t in recipe.transforms:
+            if t.kind not in ("quantize", "qat"):
+                continue
+            for group in ("down_blocks", "up_blocks"):
+                fmt = getattr(t, group, None)
+                extra += 0.5 * (CPU_FORMAT_FACTOR.get(fmt, 1.0) - 1) if fmt else 0.0
+            for rule in getattr(t, "rules", []):
+                fmt = rule.format if hasattr(rule, "format") else rule.get("format")
+                if str(getattr(rule, "match", "")) in ("re:.*", ".*"):
+                    extra += CPU_FORMAT_FACTOR.get(fmt, 1.0) - 1
+        return 1.0 + extra
+
+    def compile_seconds(self, recipe: Recipe | None) -> float:
+        compiled = recipe is not None and any(t.kind == "compile" for t in recipe.transforms)
+        kind = "cpu" if self.device.name.startswith("CPU") else "gpu"
+        return COMPILE_S[kind] if compiled else 0.0
 
     def evaluation_seconds(self, recipe: Recipe | None) -> float:
         """A trial's evaluation: paired rounds of candidate and baseline, then its images."""
@@ -202,7 +233,8 @@ class CostModel:
         rounds = int(s.get("timed_runs", 5)) + int(s.get("warmup", 1))
         prompts = int(s.get("num_prompts") or 32)
         own = self.candidate_call(recipe) if recipe is not None else self.baseline_call()
-        return TRIAL_OVERHEAD_S + rounds * (own + self.baseline_call()) + prompts * own
+        compile_s = self.compile_seconds(recipe)
+        return TRIAL_OVERHEAD_S + compile_s + rounds * (own + self.baseline_call()) + prompts * own
 
     def training_seconds(self, cfg: Any, ratio: float = 1.0) -> float:
         """One training transform in full: its steps at its batch, student and teacher."""
@@ -224,10 +256,11 @@ class CostModel:
         return params * 4 + trained * 12 + params * self.half + activations
 
     def draw_seconds(self, samples: int, steps: int) -> float:
-        """Teacher-drawn training data: `samples` images of `steps` guided steps (latents only)."""
+        """Teacher-drawn training data: `samples` images of `steps` guided steps (latents only),
+        drawn 16 prompts a call: batches as large as training's, priced at its rate."""
         rate, c = self.device.rates, self.costs
         return samples * (
-            steps * 2 * c.denoiser_flops / rate["denoiser"] + c.text_flops / rate["text"]
+            steps * 2 * c.denoiser_flops / rate["train"] + c.text_flops / rate["text"]
         )
 
     def data_bytes(self, samples: int) -> float:
@@ -385,3 +418,38 @@ def _budget(plan: Plan, cfg: SearchConfig, train_s: float, eval_s: float) -> Non
         worker_s = cfg.time_budget * concurrency
         plan.budget["max_prefix_trials"] = int(worker_s // (train_s + eval_s)) if train_s else None
         plan.budget["max_suffix_trials"] = int(worker_s // eval_s) if eval_s else None
+
+
+def measured_costs(record: Any) -> dict[str, float]:
+    """What a finished trial of the ledger spent: its evaluation (paired timing and scored
+    images) and the seconds per update of each transform it trained."""
+    out = {"evaluation": record.times.get("timing", 0.0) + record.times.get("evaluation", 0.0)}
+    by_kind: dict[str, list[float]] = {}
+    for miss in record.cache.get("misses", []):
+        if miss.get("trained_steps"):
+            by_kind.setdefault(miss["kind"], []).extend([miss["seconds"], miss["trained_steps"]])
+    for kind, v in by_kind.items():
+        out[f"update:{kind}"] = sum(v[0::2]) / sum(v[1::2])
+    out["images"] = float((record.stopped_at or {}).get("prompts") or 0)
+    return out
+
+
+def predicted_costs(
+    model: CostModel, recipe: Recipe, measured: dict[str, float]
+) -> dict[str, float]:
+    """The cost model's price of the same work: the trial's evaluation with its image count,
+    and one update of each training transform (on the student the structure before it left)."""
+    from compress.search.build import split
+
+    plan = split(recipe)
+    own, base = model.candidate_call(recipe), model.baseline_call()
+    quantized = any(t.kind in ("quantize", "qat") for t in recipe.transforms)
+    per_round = own + base + (own if quantized else 0.0)  # a quantized one's parent is timed too
+    rounds = int(model.settings.get("timed_runs", 5)) + int(model.settings.get("warmup", 1))
+    out = {"evaluation": model.compile_seconds(recipe) + rounds * per_round}
+    out["evaluation"] += measured.get("images", 0.0) * own
+    ratio = model.student_ratio(plan.structure)
+    for cfg in plan.training:
+        one = cfg.model_copy(update={"steps": 1})
+        out[f"update:{cfg.kind}"] = model.training_seconds(one, ratio)
+    return out

@@ -104,12 +104,12 @@ class TwoLevelSearch(Searcher):
             choice = self._choose()
             self.choices.append((number, choice))
             log.info("trial %d: %s (%s)", number, choice.level, choice.why)
+            found = None
             if choice.level == "suffix" and choice.prefix is not None:
-                params, asked = self._suffix_on(choice.prefix)
-                origin = "suffix"
-            else:
-                params, asked = self._new_prefix()
-                origin = "prefix"
+                found, origin = self._suffix_on(choice.prefix), "suffix"
+            if found is None:
+                found, origin = self._new_prefix()
+            params, asked = found
         self._seen.append(params)
         self._prefixes.setdefault(
             self._levels.prefix_key(params), self._levels.prefix_values(params)
@@ -190,28 +190,78 @@ class TwoLevelSearch(Searcher):
             pending=pending,
         )
 
-    def _new_prefix(self) -> tuple[dict[str, Any], dict[str, Any]]:
+    def _new_prefix(self) -> tuple[tuple[dict[str, Any], dict[str, Any]], str]:
+        """A prefix no trial has trained yet, from the prefix study (or, where it returns to a
+        known one, a neighbour of its proposal); its first suffix from its own study."""
         study = self._study("prefix")
-        for attempt in range(_RETRIES):
-            trial = study.ask()
-            values = self._space.assign(trial, names=self._levels.prefix)
-            key = self._levels.prefix_key(values)
-            if key not in self._prefixes or attempt == _RETRIES - 1:
-                break
-            study.tell(trial, state=_state("FAIL"))  # a known prefix: its suffix study has it
-        suffix, asked = self._suffix_for(values)
-        return {**values, **suffix}, {"prefix": trial, **asked}
+        trial = study.ask()
+        values = self._space.assign(trial, names=self._levels.prefix)
+        key = self._levels.prefix_key(values)
+        if key not in self._prefixes:
+            suffix, asked = self._suffix_for(values)
+            return ({**values, **suffix}, {"prefix": trial, **asked}), "prefix"
+        study.tell(trial, state=_state("FAIL"))
+        nearby = self._mutate(
+            self._levels.prefix,
+            {},
+            values,
+            lambda v: self._levels.prefix_key(v) not in self._prefixes,
+        )
+        if nearby is not None:
+            suffix, asked = self._suffix_for(nearby)
+            return ({**nearby, **suffix}, asked), "prefix"
+        found = self._suffix_on(key)  # every prefix near it is known: mine the proposed one
+        if found is not None:
+            return found, "suffix"
+        suffix, asked = self._suffix_for(values)  # nothing new anywhere: a known point again
+        return ({**values, **suffix}, asked), "suffix"
 
-    def _suffix_on(self, key: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    def _suffix_on(self, key: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """A suffix not run yet on trained prefix `key`: its study's proposal, or, when the
+        study returns to a point already run (TPE does on small discrete spaces), a neighbour
+        of it; None when there is none."""
         prefix = self._prefixes[key]
+        suffix, asked = self._suffix_for(prefix)
+        if {**prefix, **suffix} not in self._seen:
+            return {**prefix, **suffix}, asked
+        self._study(key).tell(asked[key], state=_state("FAIL"))
+        nearby = self._mutate(
+            self._levels.suffix, prefix, suffix, lambda v: {**prefix, **v} not in self._seen
+        )
+        if nearby is None:
+            self._exhausted.add(key)  # its suffixes are all run: spend elsewhere
+            return None
+        return {**prefix, **nearby}, {}  # told by add_trial once scored
+
+    def _mutate(
+        self,
+        names: tuple[str, ...],
+        given: dict[str, Any],
+        base: dict[str, Any],
+        fresh: Callable[[dict[str, Any]], bool],
+    ) -> dict[str, Any] | None:
+        """A point one knob away from `base` (that knob redrawn at random, and any knob it
+        switches on), among `names`, for which `fresh` holds; None after _RETRIES draws.
+
+        Optuna's samplers may return to the best point of a small discrete space again and
+        again; a failed tell does not move them. A random neighbour keeps the search moving
+        near what works (what an evolutionary sampler's mutation does)."""
+        import optuna
+
+        active = [k for k in names if k in base]
+        if not active:
+            return None
+        if not hasattr(self, "_random"):
+            sampler = optuna.samplers.RandomSampler(seed=self._rng.randrange(2**31))
+            self._random = optuna.create_study(sampler=sampler)
         for _ in range(_RETRIES):
-            suffix, asked = self._suffix_for(prefix)
-            params = {**prefix, **suffix}
-            if params not in self._seen:
-                return params, asked
-            self._study(key).tell(asked[key], state=_state("FAIL"))
-        self._exhausted.add(key)  # its suffix sampler repeats itself: spend elsewhere
-        return self._new_prefix()
+            knob = self._rng.choice(active)
+            keep = {k: v for k, v in base.items() if k != knob}
+            values = self._space.assign(self._random.ask(), names=names, given={**given, **keep})
+            part = {k: v for k, v in values.items() if k in names}
+            if fresh(part):
+                return part
+        return None
 
     def _suffix_for(self, prefix: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         key = self._levels.prefix_key(prefix)
