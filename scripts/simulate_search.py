@@ -122,12 +122,15 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
+    from compress.search.levels import split_levels
     from compress.search.simulate import SimCosts, fit_surrogate, read_ledgers
+    from compress.search.space import load_space
 
     records, baseline = read_ledgers(args.runs)
     surrogate = fit_surrogate(records, baseline)
     planned = plan_costs(1.0)
-    costs = SimCosts(planned["training"], planned["evaluation"], 1.0)
+    prefix = split_levels(load_space("miniature")).prefix
+    costs = SimCosts(planned["training"], planned["evaluation"], 1.0, prefix)
     print(
         f"surrogate: {surrogate.trials} measured trials, noise {surrogate.noise}, "
         f"rung gaps {surrogate.rung_gap}"

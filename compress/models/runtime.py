@@ -80,6 +80,10 @@ def prepare(pipe: DiffusionPipeline, opts: RuntimeOptions) -> Prepared:
 
     if opts.mode not in MODES:
         raise CompressError(f"compile mode {opts.mode!r} is not one of {', '.join(MODES)}")
+    # Dynamo does not guard on module hooks by default: a graph traced before a hook was added
+    # (the same architecture compiled earlier in this process, as a search worker does) would run
+    # without it, and DeepCache's feature capture, a forward hook, would silently be skipped.
+    torch._dynamo.config.skip_nnmodule_hook_guards = False
     if opts.attention not in ATTENTION:
         raise CompressError(f"attention {opts.attention!r} is not one of {', '.join(ATTENTION)}")
     if is_compiled(pipe):

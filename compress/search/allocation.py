@@ -9,10 +9,11 @@ training included. Then:
   trials, shrunk towards the mean gain of all trials so far (one pseudo-observation, so that a
   prefix with one dull trial still gets a second look), and to cost the median seconds of the
   trials that trained nothing (the search's measured price of one evaluation);
-- a new prefix is expected to add what a trained prefix so far added with all its trials (the
-  mean; while fewer than two have trained, the best: optimism, the space's other prefixes are
-  unknown; before any has, the best untrained one), and to cost the training a prefix has cost
-  (`training_prior_s` before any trained) plus the evaluations a prefix has had. It is affordable
+- a new prefix is expected to add what a trained prefix so far added with all its trials (their
+  mean, shrunk by one pseudo-prefix that added nothing: a sampled prefix may be a dud, and the
+  first ones are usually a space's curated start points; before any has trained, the untrained
+  ones), and to cost the training a prefix has cost (`training_prior_s` before any trained)
+  plus the evaluations a prefix has had. It is affordable
   only when the time left covers the training a prefix has cost so far (or `training_prior_s`
   before any has trained): training that the time budget would cut off is not started.
 
@@ -103,7 +104,9 @@ def choose(
         known = trained or list(by_prefix.values())
         worth = [sum(gain[o.number] for o in os) for os in known] or [0.0]
         spent = statistics.mean([sum(o.seconds - o.training_s for o in os) for os in known] or [0])
-        value = max(worth) if len(trained) < 2 else statistics.mean(worth)
+        # one pseudo-prefix that added nothing: a sampled prefix may well be a dud (the ones
+        # tried first are usually a space's curated start points)
+        value = sum(worth) / (len(worth) + 1)
         rate = value / (training_s + max(spent, evaluation_s))
         options.append(Choice("prefix", None, rate, f"expected training {training_s:.0f} s"))
     if not options:  # nothing trained yet and no time to train: the cheapest new prefix

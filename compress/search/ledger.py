@@ -66,6 +66,7 @@ class TrialRecord(BaseModel):
     # who proposed it: a start point, a composition of two, the sampler's new prefix (it trains
     # or builds its structure) or a suffix on a trained prefix (compress.search.twolevel)
     origin: Literal["start", "composition", "prefix", "suffix"] | None = None
+    why: str | None = None  # the two-level rule's choice: level, expected gain per second, reason
     node: str | None = None
     ray_trial_id: str | None = None
     times: dict[str, float] = Field(default_factory=dict)  # seconds: build, timing, trial, wall

@@ -75,16 +75,22 @@ def measured_cpu(pipe: DiffusionPipeline, costs: Costs, threads: int, batch: int
     the time does not depend on their values)."""
     import psutil
     import torch
+    from accelerate.utils import set_module_tensor_to_device
 
     from compress.evaluate.flops import _batched, _denoiser_inputs, _encode, _text_inputs
     from compress.models.denoiser import denoiser
 
     for module in pipe.components.values():
-        if isinstance(module, torch.nn.Module):
-            module.to_empty(device="cpu")
-            for p in module.parameters():
-                torch.nn.init.normal_(p.data, 0.0, 0.02)
-            module.float()
+        if not isinstance(module, torch.nn.Module):
+            continue
+        for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
+            if tensor.device.type == "meta":  # built without weights: small random ones
+                value = torch.randn(tensor.shape) * 0.02 if tensor.is_floating_point() else None
+                value = (
+                    value if value is not None else torch.zeros(tensor.shape, dtype=tensor.dtype)
+                )
+                set_module_tensor_to_device(module, name, "cpu", value=value)
+        module.float()
     net = denoiser(pipe)
     rates: dict[str, float] = {}
     previous = torch.get_num_threads()

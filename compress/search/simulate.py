@@ -15,7 +15,7 @@ import json
 import math
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -117,7 +117,7 @@ class SimCosts:
     training: dict[str, float]
     evaluation: float
     scale: float  # wall seconds per simulated second
-    busy: dict[str, float] = field(default_factory=dict)
+    prefix_knobs: tuple[str, ...] = ()  # the space's prefix knobs (levels.split_levels)
 
 
 def simulated_trial(
@@ -125,63 +125,50 @@ def simulated_trial(
 ) -> None:
     """A Ray Tune trainable with the real trial's reports: rungs while it trains, the full
     evaluation last; its prefix is looked up in and stored to the real prefix cache."""
-    from optuna.trial import FixedTrial
     from ray import tune
 
-    from compress.search.build import rungs_for, split
     from compress.search.cache import PrefixCache, prefix_key
-    from compress.search.space import SearchSpace, SpaceFile
+    from compress.search.space import _matches
     from compress.search.trial import RESERVED
-    from compress.versions import library_versions
 
+    # torch stays unimported: a simulated cluster runs dozens of these workers on a few cores
     number = int(config["number"])
     params = {k: v for k, v in config.items() if k not in RESERVED}
-    space = SearchSpace(SpaceFile.model_validate(job.space), job.space_source)
-    plan = split(space.suggest(FixedTrial(params, number)))
+    spec = job.space
+    kinds = {k for k, e in spec["transforms"].items() if _matches(e.get("when", {}), params)}
+    kinds |= {
+        spec["knobs"][k]["sets"].split(".")[0] for k in params if spec["knobs"][k].get("sets")
+    }
+    training = sorted(kinds & set(costs.training))
+    trains = bool(training)
+    prefix = {k: params[k] for k in costs.prefix_knobs if k in params}
     cache = PrefixCache(job.cache_dir)
-    key = prefix_key(job.weights, plan.scaled(1.0), job.data_identity, library_versions())
-    cached = plan.trains and cache.lookup(key) is not None
-    train_s = 0.0 if cached else sum(costs.training.get(t.kind, 0.0) for t in plan.training)
-    fractions = [1.0] if cached or not plan.trains else rungs_for(plan, job.rungs)
+    key = prefix_key(job.weights, [], {"simulated_prefix": prefix}, {})
+    cached = trains and cache.lookup(key) is not None
+    full_s = sum(costs.training[k] for k in training)
+    train_s = 0.0 if cached else full_s
+    fractions = [1.0] if cached or not trains else sorted({*job.rungs, 1.0})
     busy, done = 0.0, 0.0
     misses: list[dict[str, Any]] = []
-    hits = [{"key": key, "seconds": sum(costs.training.get(t.kind, 0.0) for t in plan.training)}]
+    hits = [{"key": key, "seconds": full_s}]
     for fraction in fractions:
         step = train_s * (fraction - done)
         time.sleep(step * costs.scale)
         busy, done = busy + step, fraction
         if step:
             misses.append({"key": key, "seconds": step, "trained_steps": 1})
-        if fraction == 1.0 and plan.trains and not cached:
+        if fraction == 1.0 and trains and not cached:
             _store(cache, key, train_s, number)
-        latency, quality = surrogate.predict(params, fraction if plan.trains else None, number)
-        tune.report(
-            _result(
-                1,
-                fraction if plan.trains else None,
-                latency,
-                quality,
-                busy,
-                plan.trains,
-                hits if cached else [],
-                misses,
-            )
-        )
+        rung = fraction if trains else None
+        latency, quality = surrogate.predict(params, rung, number)
+        used = hits if cached else []
+        tune.report(_result(1, rung, latency, quality, busy, trains, used, misses))
     time.sleep(costs.evaluation * costs.scale)
     busy += costs.evaluation
     latency, quality = surrogate.predict(params, None, number)
-    tune.report(
-        _result(
-            2,
-            1.0 if plan.trains else None,
-            latency,
-            quality,
-            busy,
-            plan.trains,
-            hits if cached else [],
-            misses,
-        )
-    )
+    rung = 1.0 if trains else None
+    used = hits if cached else []
+    tune.report(_result(2, rung, latency, quality, busy, trains, used, misses))
 
 
 def _result(

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from compress.evaluate.paired import PairedTiming
     from compress.recipe import Recipe, Scores
 
-RESERVED = ("number", "invalid", "origin")  # config keys that are not knobs
+RESERVED = ("number", "invalid", "origin", "why")  # config keys that are not knobs
 
 
 @dataclass(frozen=True)

@@ -184,6 +184,7 @@ class LedgerCallback(Callback):
             times=times,
             duplicate_of=r.get("duplicate_of"),
             origin=trial.config.get("origin"),
+            why=trial.config.get("why"),
         )
         write_record(self._run, record)
         if self._on_record is not None:

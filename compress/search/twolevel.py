@@ -116,6 +116,9 @@ class TwoLevelSearch(Searcher):
         )
         self._running[trial_id] = _Running(number, params, origin, self._clock(), asked)
         config = {"number": number, "origin": origin, **params}
+        if self.choices and self.choices[-1][0] == number:
+            choice = self.choices[-1][1]
+            config["why"] = f"{choice.level} at {choice.rate:.3g} HV/s: {choice.why}"
         invalid = self._invalid(params, number)
         return {**config, "invalid": invalid} if invalid else config
 

