@@ -135,6 +135,7 @@ def _stages(config, params, number, job, folder, log, place):  # noqa: ANN001, A
     from compress.search.speed import parent_transforms
 
     import_heavy()
+    _fresh_compiler()
     if "invalid" in config:
         raise TrialFailed(config["invalid"])
     space = SearchSpace(SpaceFile.model_validate(job.space), job.space_source)
@@ -198,6 +199,16 @@ def _stages(config, params, number, job, folder, log, place):  # noqa: ANN001, A
             save_recipe(_finished(applied, recipe, scores, job, number), folder / "recipe.yaml")
             progress.cache = builder.record
             yield progress.report(2, fraction, score, timing, scores)
+
+
+def _fresh_compiler() -> None:
+    """Each trial compiles its own candidate from a clean dynamo cache: a reused worker would
+    otherwise pile one trial's graphs on the last one's until dynamo's recompile limit, which a
+    full-graph compile turns into a failure (the on-disk inductor cache still serves repeats)."""
+    import sys
+
+    if "torch._dynamo" in sys.modules:
+        sys.modules["torch._dynamo"].reset()
 
 
 @dataclass
