@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("compress.search")
 ORIGINS = ("start", "composition", "prefix", "suffix")
 _RETRIES = 12  # asks before a sampler that keeps repeating finished points is overruled
+LOCAL_FIRST = 4  # a prefix's first trials: neighbours of its best point, then its sampler
 
 
 @dataclass
@@ -224,17 +225,38 @@ class TwoLevelSearch(Searcher):
         study returns to a point already run (TPE does on small discrete spaces), a neighbour
         of it; None when there is none."""
         prefix = self._prefixes[key]
+        fresh = lambda v: {**prefix, **v} not in self._seen  # noqa: E731
+        best = self._best_on(key)
+        if best is not None and sum(o.prefix == key for o in self.outcomes) < LOCAL_FIRST:
+            # a sampler's first proposals on a new study are uniform draws: on a prefix with a
+            # good point, its neighbours are the better first bets
+            suffix = self._levels.suffix_values(best)
+            nearby = self._mutate(self._levels.suffix, prefix, suffix, fresh)
+            if nearby is not None:
+                return {**prefix, **nearby}, {}
         suffix, asked = self._suffix_for(prefix)
         if {**prefix, **suffix} not in self._seen:
             return {**prefix, **suffix}, asked
         self._study(key).tell(asked[key], state=_state("FAIL"))
-        nearby = self._mutate(
-            self._levels.suffix, prefix, suffix, lambda v: {**prefix, **v} not in self._seen
-        )
+        nearby = self._mutate(self._levels.suffix, prefix, suffix, fresh)
         if nearby is None:
             self._exhausted.add(key)  # its suffixes are all run: spend elsewhere
             return None
         return {**prefix, **nearby}, {}  # told by add_trial once scored
+
+    def _best_on(self, key: str) -> dict[str, Any] | None:
+        """The knob values of the point on prefix `key` that raised the front most (or, with
+        no gain yet, its best quality), None when it has no point."""
+        scored = [(o, p) for o, p in self._history if o.prefix == key and o.point is not None]
+        if not scored:
+            return None
+        gain = dict(
+            zip(
+                (o.number for o in self.outcomes), gains(self.outcomes, self._baseline), strict=True
+            )
+        )
+        best = max(scored, key=lambda op: (gain[op[0].number], op[0].point[1]))
+        return best[1]
 
     def _mutate(
         self,
