@@ -83,6 +83,7 @@ class TwoLevelSearch(Searcher):
         self._seen: list[dict[str, Any]] = []
         self._prefixes: dict[str, dict[str, Any]] = {}  # key -> prefix knob values
         self._exhausted: set[str] = set()
+        self._how = ""  # what proposed the last point (the prefix/suffix sampler, a neighbour)
         self._studies: dict[str, optuna.Study] = {}
         self._number = max((r.number for r in records), default=-1) + 1
         self.choices: list[tuple[int, Choice]] = []  # what the rule decided, for the log
@@ -119,7 +120,9 @@ class TwoLevelSearch(Searcher):
         config = {"number": number, "origin": origin, **params}
         if self.choices and self.choices[-1][0] == number:
             choice = self.choices[-1][1]
-            config["why"] = f"{choice.level} at {choice.rate:.3g} HV/s: {choice.why}"
+            config["why"] = (
+                f"{choice.level} at {choice.rate:.3g} HV/s ({choice.why}); proposed by {self._how}"
+            )
         invalid = self._invalid(params, number)
         return {**config, "invalid": invalid} if invalid else config
 
@@ -203,6 +206,7 @@ class TwoLevelSearch(Searcher):
         key = self._levels.prefix_key(values)
         if key not in self._prefixes:
             suffix, asked = self._suffix_for(values)
+            self._how = "the prefix sampler"
             return ({**values, **suffix}, {"prefix": trial, **asked}), "prefix"
         study.tell(trial, state=_state("FAIL"))
         nearby = self._mutate(
@@ -213,11 +217,13 @@ class TwoLevelSearch(Searcher):
         )
         if nearby is not None:
             suffix, asked = self._suffix_for(nearby)
+            self._how = "a neighbour of the prefix sampler's repeated point"
             return ({**nearby, **suffix}, asked), "prefix"
         found = self._suffix_on(key)  # every prefix near it is known: mine the proposed one
         if found is not None:
             return found, "suffix"
         suffix, asked = self._suffix_for(values)  # nothing new anywhere: a known point again
+        self._how = "a point already run (nothing new left near it)"
         return ({**values, **suffix}, asked), "suffix"
 
     def _suffix_on(self, key: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
@@ -233,15 +239,18 @@ class TwoLevelSearch(Searcher):
             suffix = self._levels.suffix_values(best)
             nearby = self._mutate(self._levels.suffix, prefix, suffix, fresh)
             if nearby is not None:
+                self._how = "a neighbour of its best point"
                 return {**prefix, **nearby}, {}
         suffix, asked = self._suffix_for(prefix)
         if {**prefix, **suffix} not in self._seen:
+            self._how = "its sampler"
             return {**prefix, **suffix}, asked
         self._study(key).tell(asked[key], state=_state("FAIL"))
         nearby = self._mutate(self._levels.suffix, prefix, suffix, fresh)
         if nearby is None:
             self._exhausted.add(key)  # its suffixes are all run: spend elsewhere
             return None
+        self._how = "a neighbour of its sampler's repeated point"
         return {**prefix, **nearby}, {}  # told by add_trial once scored
 
     def _best_on(self, key: str) -> dict[str, Any] | None:

@@ -111,28 +111,6 @@ def encode_images(
     return torch.cat(out)
 
 
-def teacher_latents(
-    teacher: DiffusionPipeline, prompts: list[str], seed: int, steps: int
-) -> torch.Tensor:
-    """Clean latents the teacher generates for `prompts` (its own sampler and guidance)."""
-    import torch
-
-    from compress.generate import generate
-
-    out = []
-    for i in range(0, len(prompts), 16):
-        chunk = prompts[i : i + 16]
-        z = generate(
-            teacher,
-            chunk,
-            [seed + i + j for j in range(len(chunk))],
-            output_type="latent",
-            num_inference_steps=steps,
-        )
-        out.append(torch.as_tensor(z).float().cpu())
-    return torch.cat(out)
-
-
 def miniature_digits(n: int, seed: int) -> tuple[torch.Tensor, list[str]]:
     """`n` composed training digits (images in [0, 1]) and prompts naming some attributes."""
     import numpy as np
@@ -216,6 +194,8 @@ def build_dataset(
                 store, teacher, captions, seed=seed, steps=teacher_steps, digest=teacher_digest
             )
             return drawn, info
+        from compress.train.teacher_data import teacher_latents
+
         latents = teacher_latents(teacher, captions, seed, teacher_steps)
     elif source == "miniature-digits":
         images, captions = miniature_digits(n, seed)

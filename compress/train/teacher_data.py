@@ -80,6 +80,28 @@ def data_fields(
     }
 
 
+def teacher_latents(
+    teacher: DiffusionPipeline, prompts: list[str], seed: int, steps: int
+) -> torch.Tensor:
+    """Clean latents the teacher generates for `prompts` (its own sampler and guidance)."""
+    import torch
+
+    from compress.generate import generate
+
+    out = []
+    for i in range(0, len(prompts), 16):
+        chunk = prompts[i : i + 16]
+        z = generate(
+            teacher,
+            chunk,
+            [seed + i + j for j in range(len(chunk))],
+            output_type="latent",
+            num_inference_steps=steps,
+        )
+        out.append(torch.as_tensor(z).float().cpu())
+    return torch.cat(out)
+
+
 def data_key(fields: dict[str, Any]) -> str:
     canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()[:32]
@@ -203,7 +225,6 @@ def _draw(
     from safetensors.torch import save_file
 
     from compress.models.denoiser import denoiser
-    from compress.train.data import teacher_latents
     from compress.train.diffusion import encode_prompts
 
     t0 = time.perf_counter()

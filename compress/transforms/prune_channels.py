@@ -135,8 +135,9 @@ def _taylor_grads(pipe: DiffusionPipeline, cfg: PruneChannelsConfig, ctx: RunCon
     import torch
 
     from compress.models.denoiser import denoiser
-    from compress.train.data import calibration_prompts, teacher_latents
+    from compress.train.data import calibration_prompts
     from compress.train.diffusion import encode_prompts, noisy, predict, training_scheduler
+    from compress.train.teacher_data import teacher_latents
 
     prompts = calibration_prompts(pipe, ctx, cfg.calibration_prompts)
     latents = teacher_latents(pipe, prompts, ctx.seed, cfg.calibration_steps)

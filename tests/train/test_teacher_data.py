@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from compress.context import RunContext
-from compress.train import data as train_data
 from compress.train import teacher_data
 from compress.train.data import build_dataset
 
@@ -17,13 +16,13 @@ PROMPTS = ["a red digit", "a blue digit", "a green digit"]
 @pytest.fixture
 def counted(monkeypatch):
     calls: list[int] = []
-    real = train_data.teacher_latents
+    real = teacher_data.teacher_latents
 
     def teacher_latents(teacher, prompts, seed, steps):
         calls.append(len(prompts))
         return real(teacher, prompts, seed, steps)
 
-    monkeypatch.setattr(train_data, "teacher_latents", teacher_latents)
+    monkeypatch.setattr(teacher_data, "teacher_latents", teacher_latents)
     # several shards from a few samples; a multiple of the teacher's batch of 16, as SHARD is, so
     # that every image is drawn in the same batch as without the store (identical floats)
     monkeypatch.setattr(teacher_data, "SHARD", 16)
@@ -56,11 +55,9 @@ def test_drawn_once_shared_and_equal_to_drawing_in_memory(tiny_pipe, tmp_path, c
     assert sum(counted) == 120
 
 
-def test_an_interrupted_draw_resumes_and_a_corrupt_one_is_redrawn(
-    tiny_pipe, tmp_path, monkeypatch
-):
+def test_an_interrupted_draw_resumes_and_a_corrupt_one_is_redrawn(tiny_pipe, tmp_path, monkeypatch):
     monkeypatch.setattr(teacher_data, "SHARD", 16)
-    real, seeds, interrupt = train_data.teacher_latents, [], [True]
+    real, seeds, interrupt = teacher_data.teacher_latents, [], [True]
 
     def flaky(teacher, prompts, seed, steps):
         seeds.append(seed)
@@ -68,7 +65,7 @@ def test_an_interrupted_draw_resumes_and_a_corrupt_one_is_redrawn(
             raise KeyboardInterrupt
         return real(teacher, prompts, seed, steps)
 
-    monkeypatch.setattr(train_data, "teacher_latents", flaky)
+    monkeypatch.setattr(teacher_data, "teacher_latents", flaky)
     captions = [PROMPTS[i % 3] for i in range(40)]
     with pytest.raises(KeyboardInterrupt):
         teacher_data.drawn_dataset(tmp_path, tiny_pipe, captions, seed=0, steps=2)
