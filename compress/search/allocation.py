@@ -2,13 +2,15 @@
 prefix (which trains), by expected hypervolume gain per second.
 
 Every finished trial is an `Outcome`: the hypervolume its point added to the front of the trials
-before it (`gains`; zero when dominated, stopped or failed) and the seconds it held a worker,
-training included. Then:
+before it (`gains`; zero when dominated, stopped or failed), over a fixed corner (relative
+latency 1, half the baseline's quality: a point worse than that adds nothing, and the corner does
+not move as points arrive), and the seconds it held a worker, training included. Then:
 
 - a suffix trial on trained prefix p is expected to add the mean gain of p's last `WINDOW`
-  trials, shrunk towards the mean gain of all trials so far (one pseudo-observation, so that a
-  prefix with one dull trial still gets a second look), and to cost the median seconds of the
-  trials that trained nothing (the search's measured price of one evaluation);
+  trials plus an exploration bonus that shrinks as p is tried (UCB1's: the mean gain of all
+  trials times sqrt(ln N / n_p)), so that two prefixes whose recent trials gained nothing take
+  turns instead of one being mined forever; it costs the median seconds of the trials that
+  trained nothing (the search's measured price of one evaluation);
 - a new prefix is expected to add what a trained prefix so far added with all its trials (their
   mean, shrunk by one pseudo-prefix that added nothing: a sampled prefix may be a dud, and the
   first ones are usually a space's curated start points; before any has trained, the untrained
@@ -25,6 +27,7 @@ hence this rule.
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -56,8 +59,7 @@ class Choice:
 
 def gains(outcomes: Sequence[Outcome], baseline_quality: float) -> list[float]:
     """Each outcome's hypervolume gain over the front of the outcomes before it (by number)."""
-    qualities = [o.point[1] for o in outcomes if o.point] + [baseline_quality]
-    reference = (1.0, min(qualities))
+    reference = (1.0, baseline_quality - 0.5 * abs(baseline_quality))
     front: list[Point] = [(1.0, baseline_quality)]
     out: dict[int, float] = {}
     for o in sorted(outcomes, key=lambda o: o.number):
@@ -88,9 +90,11 @@ def choose(
     mean_gain = statistics.mean(gain.values()) if gain else 0.0
     evaluation_s = _evaluation_seconds(outcomes)
     options: list[Choice] = []
+    total = len(outcomes)
     for p in ready:
         recent = [gain[o.number] for o in by_prefix[p][-WINDOW:]]
-        expected = (sum(recent) + mean_gain) / (len(recent) + 1)
+        bonus = mean_gain * math.sqrt(math.log(max(total, 2)) / len(by_prefix[p]))
+        expected = sum(recent) / len(recent) + bonus
         options.append(
             Choice("suffix", p, expected / evaluation_s, f"{len(by_prefix[p])} trials on it")
         )

@@ -37,7 +37,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("compress.search")
 ORIGINS = ("start", "composition", "prefix", "suffix")
 _RETRIES = 12  # asks before a sampler that keeps repeating finished points is overruled
-LOCAL_FIRST = 4  # a prefix's first trials: neighbours of its best point, then its sampler
 
 
 @dataclass
@@ -77,7 +76,8 @@ class TwoLevelSearch(Searcher):
         self._compose = compose
         self._records = list(records)
         self._deadline, self._prior, self._clock = deadline, training_prior_s, clock
-        self._rng = random.Random(seed)
+        self._rng, self._seed = random.Random(seed), seed
+        self._turns: dict[tuple, int] = {}  # per prefix: how far its knob sweep has got
         self._running: dict[str, _Running] = {}
         self._history: list[tuple[Outcome, dict[str, Any]]] = []  # finished trials, in order
         self._seen: list[dict[str, Any]] = []
@@ -233,9 +233,10 @@ class TwoLevelSearch(Searcher):
         prefix = self._prefixes[key]
         fresh = lambda v: {**prefix, **v} not in self._seen  # noqa: E731
         best = self._best_on(key)
-        if best is not None and sum(o.prefix == key for o in self.outcomes) < LOCAL_FIRST:
+        active = [k for k in self._levels.suffix if k in (best or {})]
+        if best is not None and sum(o.prefix == key for o in self.outcomes) <= len(active):
             # a sampler's first proposals on a new study are uniform draws: on a prefix with a
-            # good point, its neighbours are the better first bets
+            # good point, its neighbours are the better first bets, each of its knobs in turn
             suffix = self._levels.suffix_values(best)
             nearby = self._mutate(self._levels.suffix, prefix, suffix, fresh)
             if nearby is not None:
@@ -288,12 +289,21 @@ class TwoLevelSearch(Searcher):
         if not hasattr(self, "_random"):
             sampler = optuna.samplers.RandomSampler(seed=self._rng.randrange(2**31))
             self._random = optuna.create_study(sampler=sampler)
-        for _ in range(_RETRIES):
-            knob = self._rng.choice(active)
+        turn = self._turns.setdefault(tuple(sorted(given.items(), key=str)), 0)
+        order = sorted(active)
+        random.Random(self._seed).shuffle(order)
+        for attempt in range(_RETRIES):
+            # each knob in turn (a coordinate sweep), then at random
+            knob = (
+                order[(turn + attempt) % len(order)]
+                if attempt < len(order)
+                else self._rng.choice(active)
+            )
             keep = {k: v for k, v in base.items() if k != knob}
             values = self._space.assign(self._random.ask(), names=names, given={**given, **keep})
             part = {k: v for k, v in values.items() if k in names}
             if fresh(part):
+                self._turns[tuple(sorted(given.items(), key=str))] = turn + attempt + 1
                 return part
         return None
 

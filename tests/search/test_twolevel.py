@@ -70,12 +70,13 @@ def out(n, prefix, point, seconds=10.0, training=0.0, ready=True):
 
 
 def test_gains_are_the_hypervolume_each_point_adds():
-    # baseline (1, 0.5); reference corner (1, 0.3), the lowest quality seen
+    # baseline (1, 0.5); the corner (1, 0.25): half the baseline's quality
     outcomes = [out(0, "a", (0.5, 0.6)), out(1, "a", (0.25, 0.3)), out(2, "b", (0.5, 0.55))]
     g = gains(outcomes, baseline_quality=0.5)
-    assert g[0] == pytest.approx(0.5 * 0.3)  # the whole rectangle up to the reference
-    assert g[1] == 0.0  # at the reference quality: no area
+    assert g[0] == pytest.approx(0.5 * 0.35)  # the whole rectangle down to the corner
+    assert g[1] == pytest.approx(0.25 * 0.05)  # faster, worse: the strip it adds
     assert g[2] == 0.0  # dominated by trial 0
+    assert gains([out(0, "a", (0.2, 0.2))], 0.5) == [0.0]  # below the corner's quality
     assert gains([out(0, "a", None)], 0.5) == [0.0]
 
 
@@ -91,18 +92,26 @@ def test_cheap_suffixes_are_mined_before_new_training():
 
 def test_no_training_that_the_budget_would_cut_off():
     outcomes = [out(0, "base", (0.5, 0.6), seconds=10)]
-    outcomes += [out(i, "base", (0.6, 0.55), seconds=10) for i in range(1, 21)]  # mined out
+    outcomes += [out(i, "base", (0.6, 0.55), seconds=10) for i in range(1, 41)]  # mined out
     choice = choose(outcomes, 0.5, remaining_s=1000, training_prior_s=100)
     assert choice.level == "prefix"  # optimism: a prefix can be worth what this one was
     late = choose(outcomes, 0.5, remaining_s=50, training_prior_s=100)
     assert late.level == "suffix" and late.prefix == "base"
 
 
+def test_prefixes_whose_trials_gain_nothing_take_turns():
+    outcomes = [out(0, "a", (0.5, 0.6), seconds=10), out(1, "b", (0.3, 0.6), seconds=10)]
+    outcomes += [out(i, "a", (0.6, 0.55), seconds=10) for i in range(2, 12)]  # a: mined
+    outcomes += [out(12, "b", (0.35, 0.55), seconds=10)]
+    choice = choose(outcomes, 0.5, remaining_s=10, training_prior_s=100)
+    assert choice.level == "suffix" and choice.prefix == "b"  # the less explored one
+
+
 def test_a_mined_out_prefix_gives_way_to_a_new_one():
     outcomes = [out(0, "a", (0.5, 0.6), seconds=100, training=90)]
-    outcomes += [out(i, "a", (0.6, 0.55), seconds=10) for i in range(1, 6)]  # dominated
-    outcomes += [out(6, "b", (0.3, 0.6), seconds=100, training=90)]
-    outcomes += [out(i, "b", (0.35, 0.55), seconds=10) for i in range(7, 12)]
+    outcomes += [out(i, "a", (0.6, 0.55), seconds=10) for i in range(1, 31)]  # dominated
+    outcomes += [out(31, "b", (0.3, 0.6), seconds=100, training=90)]
+    outcomes += [out(i, "b", (0.35, 0.55), seconds=10) for i in range(32, 62)]
     choice = choose(outcomes, 0.5, remaining_s=10_000, training_prior_s=100)
     assert choice.level == "prefix"
     assert choose([], 0.5, remaining_s=None, training_prior_s=100).level == "prefix"
