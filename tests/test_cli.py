@@ -76,6 +76,32 @@ def test_apply_then_plain_diffusers_and_compress_load_agree(tiny_dir: Path, tmp_
 
     again = cli("apply", str(PRESET), "--model", str(tiny_dir), "--out", str(out))
     assert again.returncode == 1 and "--overwrite" in again.stderr
+    # what it said: plain diffusers needs the call arguments; compress.load sets them
+    said = res.stdout.replace("\n", " ")
+    call = f"guidance_scale={sampler.guidance_scale}, num_inference_steps={sampler.steps}"
+    assert (
+        f"compress.load('{out}') replays every transform; a plain call samples with {call}" in said
+    )
+    assert f"plain diffusers: DiffusionPipeline.from_pretrained('{out}')" in said
+    assert f"pass {call}" in said
+
+
+def test_the_apply_message_tells_per_transform_what_plain_diffusers_gives() -> None:
+    from compress.models.artifact import loading_notes
+    from compress.recipe import parse_recipe
+
+    def notes(*kinds: str, call: dict | None = None) -> str:
+        recipe = parse_recipe({"name": "r", "transforms": [{"kind": k} for k in kinds]})
+        return " ".join(loading_notes(recipe, "out", call or {}))
+
+    cached = notes("sampler", "cache", "compile", call={"num_inference_steps": 20})
+    assert "pass num_inference_steps=20" in cached
+    assert "cache: the pipeline runs without it, the whole denoiser at every step" in cached
+    assert "compile: the pipeline runs uncompiled" in cached
+    assert "cannot load" in notes("prune_channels", "sampler")
+    assert "prune_channels" in notes("prune_channels") and "pass" not in notes("prune_channels")
+    plain = notes("prune_blocks")
+    assert "loads the weights and scheduler" in plain and "runs without" not in plain
 
 
 def test_errors_are_one_line_without_traceback(tmp_path: Path) -> None:

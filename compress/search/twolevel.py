@@ -232,16 +232,6 @@ class TwoLevelSearch(Searcher):
         of it; None when there is none."""
         prefix = self._prefixes[key]
         fresh = lambda v: {**prefix, **v} not in self._seen  # noqa: E731
-        best = self._best_on(key)
-        active = [k for k in self._levels.suffix if k in (best or {})]
-        if best is not None and sum(o.prefix == key for o in self.outcomes) <= len(active):
-            # a sampler's first proposals on a new study are uniform draws: on a prefix with a
-            # good point, its neighbours are the better first bets, each of its knobs in turn
-            suffix = self._levels.suffix_values(best)
-            nearby = self._mutate(self._levels.suffix, prefix, suffix, fresh)
-            if nearby is not None:
-                self._how = "a neighbour of its best point"
-                return {**prefix, **nearby}, {}
         suffix, asked = self._suffix_for(prefix)
         if {**prefix, **suffix} not in self._seen:
             self._how = "its sampler"
@@ -253,20 +243,6 @@ class TwoLevelSearch(Searcher):
             return None
         self._how = "a neighbour of its sampler's repeated point"
         return {**prefix, **nearby}, {}  # told by add_trial once scored
-
-    def _best_on(self, key: str) -> dict[str, Any] | None:
-        """The knob values of the point on prefix `key` that raised the front most (or, with
-        no gain yet, its best quality), None when it has no point."""
-        scored = [(o, p) for o, p in self._history if o.prefix == key and o.point is not None]
-        if not scored:
-            return None
-        gain = dict(
-            zip(
-                (o.number for o in self.outcomes), gains(self.outcomes, self._baseline), strict=True
-            )
-        )
-        best = max(scored, key=lambda op: (gain[op[0].number], op[0].point[1]))
-        return best[1]
 
     def _mutate(
         self,
