@@ -91,7 +91,9 @@ def test_the_apply_message_tells_per_transform_what_plain_diffusers_gives() -> N
     from compress.recipe import parse_recipe
 
     def notes(*kinds: str, call: dict | None = None) -> str:
-        recipe = parse_recipe({"name": "r", "transforms": [{"kind": k} for k in kinds]})
+        settings = {"prune_blocks": {"preset": "small"}}
+        steps = [{"kind": k, **settings.get(k, {})} for k in kinds]
+        recipe = parse_recipe({"name": "r", "transforms": steps})
         return " ".join(loading_notes(recipe, "out", call or {}))
 
     cached = notes("sampler", "cache", "compile", call={"num_inference_steps": 20})

@@ -50,12 +50,13 @@ def test_the_plan_counts_sd15_and_prices_it_on_h100_and_h200():
     # plus its attention matmuls: more than 2 x 339 GFLOP, well under 3 x
     assert 2 * 338.8e9 < costs["denoiser_flops"] < 3 * 338.8e9
     assert 850e6 < costs["denoiser_params"] < 870e6
-    rows = {r.what.split(":")[0]: r for r in h100.rows}
-    assert rows["prune_blocks small"].note.startswith("0.6")  # BK-SDM: 0.64 of the MACs
-    distill, draw = rows["distill"], next(r for r in h100.rows if r.stage == "teacher data")
+    rows = {(r.stage, r.what.split(":")[0]): r for r in h100.rows}
+    assert rows["structure", "prune_blocks small"].note.startswith("0.6")  # BK-SDM: 0.64 of the MACs
+    distill, draw = rows["training", "distill"], rows["teacher data", "distill"]
     assert distill.seconds > 3600 and 0 < distill.memory_gib < 80  # hours, on one H100
     assert 5 < draw.disk_gib < 10  # 50 000 latents and text states in half precision
-    assert h100.budget["max_suffix_trials"] > 100 * h100.budget["max_prefix_trials"] > 0
+    # an evaluation costs a small fraction of the mean training: tens of suffix trials a prefix
+    assert h100.budget["max_suffix_trials"] > 20 * h100.budget["max_prefix_trials"] > 0
     h200 = make_plan(cfg.model_copy(update={"target_gpu": "H200"}), space)
     assert [r.seconds for r in h200.rows] == [r.seconds for r in h100.rows]  # same BF16 peak
     assert h200.device.memory > h100.device.memory
