@@ -7,6 +7,11 @@ it is a switch (no `sets`) that a prefix transform or prefix knob depends on thr
 every other knob is a suffix knob. Suffix knobs may depend on prefix knobs (a scheduler only
 for students that take one); a prefix knob that depends on a suffix knob is an error, since a
 prefix must be fixed before its suffixes are explored.
+
+Finishing knobs are the suffix knobs of quality-neutral transforms (compile: images equal within
+float rounding): a switch that only such transforms depend on, and the fields it opens. The
+suffix samplers leave them off; a finished candidate gets its finishing variant only when the
+variant could join the front (search.twolevel), since its quality is known before it runs.
 """
 
 from __future__ import annotations
@@ -24,7 +29,13 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class Levels:
     prefix: tuple[str, ...]  # knob names, in the space's order
-    suffix: tuple[str, ...]
+    suffix: tuple[str, ...]  # without the finishing knobs
+    finish: tuple[str, ...] = ()
+    off: tuple[tuple[str, Any], ...] = ()  # the finishing switches' values that leave them off
+
+    def finishing(self, params: dict[str, Any]) -> bool:
+        """True when `params` switch a finishing transform on."""
+        return any(k in params and params[k] != v for k, v in self.off)
 
     def prefix_values(self, params: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in params.items() if k in self.prefix}
@@ -70,7 +81,37 @@ def split_levels(space: SearchSpace) -> Levels:
                 "transforms; a prefix is fixed before its suffixes are explored"
             )
     order = list(knobs)
+    finish, off = _finishing(space, prefix)
     return Levels(
         prefix=tuple(n for n in order if n in prefix),
-        suffix=tuple(n for n in order if n not in prefix),
+        suffix=tuple(n for n in order if n not in prefix and n not in finish),
+        finish=tuple(n for n in order if n in finish),
+        off=tuple(off.items()),
     )
+
+
+def _finishing(space: SearchSpace, prefix: set[str]) -> tuple[set[str], dict[str, Any]]:
+    """The finishing knobs (see the module docstring) and each switch's off value."""
+    from compress.transforms.base import registry
+
+    specs, spec = registry(), space.spec
+    neutral = {kind for kind in spec.transforms if specs[kind].neutral}
+    off: dict[str, Any] = {}
+    for name, knob in spec.knobs.items():
+        if knob.sets or knob.type != "categorical" or name in prefix:
+            continue
+        users = [k for k, e in spec.transforms.items() if name in e.when]
+        users += [n for n, k in spec.knobs.items() if name in k.when and not _sets(k, neutral)]
+        if not users or any(u not in neutral for u in users):
+            continue
+        on = [spec.transforms[k].when[name] for k in users]
+        on = [v for w in on for v in (w if isinstance(w, list) else [w])]
+        free = [c for c in knob.choices if c not in on]
+        if free:
+            off[name] = free[0]
+    finish = set(off) | {n for n, k in spec.knobs.items() if _sets(k, neutral)}
+    return finish, off
+
+
+def _sets(knob: Any, kinds: set[str]) -> bool:
+    return bool(knob.sets) and knob.sets.partition(".")[0] in kinds

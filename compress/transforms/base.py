@@ -68,6 +68,10 @@ class TransformSpec:
     # falls short of compress.load; empty: the saved folder holds all of it (call arguments such
     # as steps and guidance are named apart, from the pipeline's call defaults).
     plain: str = ""
+    # True when the transformed pipeline's images equal the untransformed one's within float
+    # rounding (compile): its quality is known before it runs, so the search measures it only on
+    # candidates it could bring onto the front (search.levels: finishing knobs).
+    neutral: bool = False
 
 
 _REGISTRY: dict[str, TransformSpec] = {}
@@ -84,6 +88,7 @@ def register_transform(
     on_load: RestoreFn | None = None,
     order: int = 0,
     plain: str = "",
+    neutral: bool = False,
 ) -> Callable[[ApplyFn], ApplyFn]:
     """Register `apply(pipe, cfg, ctx) -> Metadata` for `config` at `stage`."""
     kind_field = config.model_fields.get("kind")
@@ -96,7 +101,7 @@ def register_transform(
         if kind in _REGISTRY and _REGISTRY[kind].config is not config:
             raise ValueError(f"transform kind {kind!r} is registered twice")
         _REGISTRY[kind] = TransformSpec(
-            kind, config, stage, fn, restore, native, replay_on_load, on_load, order, plain
+            kind, config, stage, fn, restore, native, replay_on_load, on_load, order, plain, neutral
         )
         _ADAPTER = None
         return fn

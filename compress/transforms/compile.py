@@ -61,6 +61,7 @@ def _restore(pipe: DiffusionPipeline, cfg: CompileConfig, metadata: Metadata) ->
     replay_on_load=True,
     restore=_restore,
     order=2,
+    neutral=True,
     plain="the pipeline runs uncompiled, unfused and contiguous, with the same weights: its "
     "images equal within float rounding, without the speed-up (compress.load compiles at the "
     "first call)",

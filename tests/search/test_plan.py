@@ -51,7 +51,9 @@ def test_the_plan_counts_sd15_and_prices_it_on_h100_and_h200():
     assert 2 * 338.8e9 < costs["denoiser_flops"] < 3 * 338.8e9
     assert 850e6 < costs["denoiser_params"] < 870e6
     rows = {(r.stage, r.what.split(":")[0]): r for r in h100.rows}
-    assert rows["structure", "prune_blocks small"].note.startswith("0.6")  # BK-SDM: 0.64 of the MACs
+    assert rows["structure", "prune_blocks small"].note.startswith(
+        "0.6"
+    )  # BK-SDM: 0.64 of the MACs
     distill, draw = rows["training", "distill"], rows["teacher data", "distill"]
     assert distill.seconds > 3600 and 0 < distill.memory_gib < 80  # hours, on one H100
     assert 5 < draw.disk_gib < 10  # 50 000 latents and text states in half precision

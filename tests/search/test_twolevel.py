@@ -228,3 +228,51 @@ def test_invalid_combinations_and_failures_are_marked_and_constraints_told():
     limited = BudgetLimiter(searcher(), max_concurrent=2, deadline=0.0)  # the budget is spent
     assert limited.suggest("z") == BudgetLimiter.FINISHED
     del space
+
+
+FINISHED = {
+    **SPACE,
+    "transforms": {**SPACE["transforms"], "compile": {"when": {"compiled": True}}},
+    "knobs": {
+        **SPACE["knobs"],
+        "compiled": {"type": "categorical", "choices": [False, True]},
+        "mode": {
+            "sets": "compile.mode",
+            "type": "categorical",
+            "choices": ["default", "max-autotune-no-cudagraphs"],
+            "when": {"compiled": True},
+        },
+    },
+}
+
+
+def test_compile_is_tried_only_on_candidates_it_could_bring_onto_the_front():
+    space = parse_space(FINISHED)
+    levels = split_levels(space)
+    assert levels.finish == ("compiled", "mode") and dict(levels.off) == {"compiled": False}
+    assert "compiled" not in levels.suffix and "compiled" not in levels.prefix
+    s = TwoLevelSearch(
+        space,
+        levels,
+        make_sampler=lambda i, prefix: make_sampler("tpe", 20, i),
+        records=[],
+        baseline_quality=0.5,
+        limits=Limits(),
+        deadline=1000.0,
+        clock=Clock(),
+    )
+    proposed = [s.suggest(f"t{i}") for i in range(3)]
+    assert all(c["compiled"] is False and "mode" not in c for c in proposed)  # samplers: off
+    s.on_trial_complete("t0", result(0.3, 0.6))  # on the front: its compiled variant queued
+    finish = s.suggest("f0")
+    assert finish["origin"] == "finish" and finish["compiled"] is True and "mode" in finish
+    assert {
+        k: v for k, v in finish.items() if k not in ("number", "origin", "why", "compiled", "mode")
+    } == {k: v for k, v in proposed[0].items() if k not in ("number", "origin", "why", "compiled")}
+    # t1 dominated even at half its latency (0.8 * 0.5 = 0.4 > 0.3, 0.55 < 0.6): not compiled
+    s.on_trial_complete("t1", result(0.8, 0.55))
+    assert s.suggest("n")["origin"] != "finish"
+    s.on_trial_complete("t2", result(0.5, 0.7))  # better quality: could join the front
+    s.on_trial_complete("n", result(0.9, 0.4))
+    s._clock.now = 990.0  # too late for a compile (a minute, before one has run)
+    assert s.suggest("late")["origin"] != "finish"
