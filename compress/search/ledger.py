@@ -65,7 +65,7 @@ class TrialRecord(BaseModel):
     duplicate_of: int | None = None  # same knobs as this earlier trial; its scores were reused
     # who proposed it: a start point, a composition of two, the sampler's new prefix (it trains
     # or builds its structure) or a suffix on a trained prefix (compress.search.twolevel)
-    origin: Literal["start", "composition", "prefix", "suffix"] | None = None
+    origin: Literal["start", "composition", "prefix", "suffix", "finish"] | None = None
     why: str | None = None  # the two-level rule's choice: level, expected gain per second, reason
     node: str | None = None
     ray_trial_id: str | None = None

@@ -269,10 +269,14 @@ def test_compile_is_tried_only_on_candidates_it_could_bring_onto_the_front():
     assert {
         k: v for k, v in finish.items() if k not in ("number", "origin", "why", "compiled", "mode")
     } == {k: v for k, v in proposed[0].items() if k not in ("number", "origin", "why", "compiled")}
+    s._clock.now = 100.0  # the compile took 100 s
+    s.on_trial_complete("f0", result(0.25, 0.6))  # recorded as a finishing trial
+    assert s._records[-1].origin == "finish" and s.outcomes[-1].point == (0.25, 0.6)
     # t1 dominated even at half its latency (0.8 * 0.5 = 0.4 > 0.3, 0.55 < 0.6): not compiled
     s.on_trial_complete("t1", result(0.8, 0.55))
     assert s.suggest("n")["origin"] != "finish"
     s.on_trial_complete("t2", result(0.5, 0.7))  # better quality: could join the front
     s.on_trial_complete("n", result(0.9, 0.4))
-    s._clock.now = 990.0  # too late for a compile (a minute, before one has run)
+    s._clock.now = 950.0  # too late for a compile like the one that ran
+
     assert s.suggest("late")["origin"] != "finish"
