@@ -21,7 +21,7 @@ __all__ = [
 
 def load(folder: str, **kwargs: Any) -> DiffusionPipeline:
     """Load any artifact written by `compress apply` (recipe replayed, weights from safetensors)."""
-    from compress.models.artifact import load_artifact
+    from compress.artifact import load_artifact
 
     return load_artifact(folder, **kwargs)
 
@@ -41,7 +41,7 @@ def __getattr__(name: str) -> Any:
 
         return load_pipeline
     if name == "set_embedded_guidance":  # a guidance-distilled transformer's sampling scale
-        from compress.transforms._dit_guidance import set_embedded_guidance
+        from compress.transforms.distill._dit_guidance import set_embedded_guidance
 
         return set_embedded_guidance
     raise AttributeError(f"module 'compress' has no attribute {name!r}")

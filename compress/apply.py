@@ -7,8 +7,9 @@ from typing import TYPE_CHECKING
 from compress.context import RunContext
 from compress.errors import FingerprintMismatch, RecipeError, RestoreMismatch
 from compress.models.fingerprint import fingerprint
-from compress.recipe import Recipe, Record, library_versions
+from compress.recipe import Recipe, Record
 from compress.transforms.base import Metadata, Stage, TransformConfig, run_order, spec_of
+from compress.versions import library_versions
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline

@@ -99,8 +99,8 @@ def apply(
         device = f"cuda:{rank}"
     heavy()
     from compress.apply import apply_recipe
+    from compress.artifact import save_artifact
     from compress.context import RunContext
-    from compress.models.artifact import save_artifact
     from compress.models.loading import load_pipeline
 
     with console.status(f"loading {model}"):
@@ -123,8 +123,8 @@ def apply(
     with console.status(f"saving to {out}"):
         save_artifact(pipe, applied, out, overwrite=overwrite)
     console.print(f"[green]wrote[/green] {out}")
+    from compress.artifact import loading_notes
     from compress.generate import call_defaults
-    from compress.models.artifact import loading_notes
 
     for line in loading_notes(applied, out, call_defaults(pipe)):
         console.print(line, highlight=False)
@@ -212,7 +212,7 @@ def bench(
 ) -> None:
     """Latency of a pipeline: end to end and per component, on the target device."""
     heavy()
-    from compress.evaluate.commands import run_bench
+    from compress.commands.evaluate import run_bench
 
     run_bench(
         console,
@@ -256,7 +256,7 @@ def eval_(
 ) -> None:
     """Quality (a named, versioned metric) and latency of a pipeline."""
     heavy()
-    from compress.evaluate.commands import run_eval
+    from compress.commands.evaluate import run_eval
 
     run_eval(
         console,
@@ -338,7 +338,7 @@ def search(
     ] = False,
 ) -> None:
     """Search compressions; write the Pareto front as recipes, a trials CSV and a report."""
-    from compress.search.command import dry_run_command, list_spaces_command
+    from compress.commands.search import dry_run_command, list_spaces_command
 
     if list_spaces:
         list_spaces_command(console)
@@ -348,7 +348,7 @@ def search(
         return
     heavy()
     if plan:
-        from compress.search.command import plan_command
+        from compress.commands.search import plan_command
 
         given = {
             "model": model,
@@ -361,7 +361,7 @@ def search(
         }
         plan_command(console, space, **{k: v for k, v in given.items() if v is not None})
         return
-    from compress.search.command import search_command
+    from compress.commands.search import search_command
 
     search_command(
         console,
@@ -403,7 +403,7 @@ def export(
 ) -> None:
     """Write a trial's candidate from the run's prefix cache, without training it again."""
     heavy()
-    from compress.models.artifact import loading_notes
+    from compress.artifact import loading_notes
     from compress.recipe import load_recipe
     from compress.search.export import export_trial, summary_lines
 
@@ -455,7 +455,7 @@ def sensitivity(
 ) -> None:
     """Quantize one denoiser block at a time and measure the quality (or fidelity) drop."""
     heavy()
-    from compress.transforms.sensitivity import run_sensitivity
+    from compress.commands.sensitivity import run_sensitivity
 
     run_sensitivity(
         console,

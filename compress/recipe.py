@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -13,6 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationErr
 from pydantic import model_validator as _model_validator
 
 from compress.errors import RecipeError
+from compress.evaluate.settings import Scores  # noqa: F401  (a recipe's scores; re-exported)
+from compress.fs import write_atomic
 from compress.models.fingerprint import Fingerprint
 from compress.transforms.base import Metadata, Stage, TransformConfig, config_adapter, registry
 
@@ -28,28 +29,6 @@ class Record(_Strict):
 
     kind: str
     metadata: Metadata = Field(default_factory=dict)
-
-
-class Scores(_Strict):
-    """Measured objectives and the settings they were measured under."""
-
-    latency_ms: float | None = None
-    latency_spread_ms: float | None = None
-    peak_memory_mb: float | None = None
-    quality: float | None = None
-    quality_metric: str | None = None  # a metric's own name, e.g. "miniature-judge", "hpsv2.1"
-    quality_metric_version: str | None = None
-    quality_parts: dict[str, float] = Field(default_factory=dict)
-    settings: dict[str, Any] = Field(default_factory=dict)  # device, dtype, resolution, steps...
-    flags: list[str] = Field(default_factory=list)  # e.g. "quantized-but-not-faster"
-    # Paired timing (compress.evaluate.paired): median per-round ratio of the uncompressed
-    # baseline's time to this candidate's, timed in alternation in one process, with its 95%
-    # interval; `reference` says how the baseline was called and how many rounds ran.
-    speedup: float | None = None
-    speedup_ci: list[float] | None = None
-    reference: dict[str, Any] = Field(default_factory=dict)
-    parent_speedup: float | None = None  # against the unquantized parent (quantized candidates)
-    parent_speedup_ci: list[float] | None = None
 
 
 class Provenance(_Strict):
@@ -171,31 +150,5 @@ def load_recipe(path: str | os.PathLike[str]) -> Recipe:
     return parse_recipe(data, str(path))
 
 
-def write_atomic(path: str | os.PathLike[str], text: str) -> None:
-    """Write to a temporary name beside `path`, then rename: never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_recipe(recipe: Recipe, path: str | os.PathLike[str]) -> None:
     write_atomic(path, recipe.to_yaml())
-
-
-def library_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for pkg in ("compress", "torch", "diffusers", "transformers", "accelerate"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            continue
-    return out

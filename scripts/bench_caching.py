@@ -33,7 +33,7 @@ def load() -> str:
 def cached(base: Any, **knobs: Any) -> Any:
     from compress.apply import apply_recipe
     from compress.recipe import Recipe
-    from compress.transforms.cache import CacheConfig
+    from compress.transforms.runtime.cache import CacheConfig
 
     pipe = copy.deepcopy(base)
     apply_recipe(pipe, Recipe(name="cache", transforms=[CacheConfig(**knobs)]))
@@ -43,7 +43,7 @@ def cached(base: Any, **knobs: Any) -> Any:
 def quality(pipe: Any, steps: int, prompts: int, guidance: float) -> dict[str, Any]:
     from compress.evaluate.quality import get_metric
     from compress.generate import generate
-    from compress.transforms.cache import cache_stats
+    from compress.transforms.runtime.cache import cache_stats
 
     metric = get_metric("miniature")
     texts, seeds = metric.prompts(prompts)
@@ -120,7 +120,7 @@ def student(base: Any, updates: int) -> Any:
     from compress.apply import apply_recipe
     from compress.context import RunContext
     from compress.recipe import Recipe
-    from compress.transforms.distill_steps import DistillStepsConfig
+    from compress.transforms.distill.steps import DistillStepsConfig
 
     pipe = copy.deepcopy(base)
     cfg = DistillStepsConfig(
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from compress._quiet import import_heavy
     from compress.models.loading import load_pipeline
-    from compress.transforms._deepcache import skip_count
+    from compress.transforms.runtime._deepcache import skip_count
 
     import_heavy()
     torch.manual_seed(0)

@@ -122,8 +122,8 @@ def portability(base: Any, ctx: Any, steps: int, args: Any, settings: Any) -> li
     sampled at the same step count with guidance (LCM-LoRA's portability, Luo et al. 2023)."""
     import tempfile
 
-    from compress.transforms._trajectory import student_scheduler
-    from compress.transforms.distill_steps import save_lora
+    from compress.transforms.distill._trajectory import student_scheduler
+    from compress.transforms.distill.steps import save_lora
 
     other = fine_tuned_copy(base, args.portability)
     rows = [
@@ -237,8 +237,8 @@ def main(argv: list[str] | None = None) -> None:
     import_heavy()
     from compress.evaluate.settings import EvalSettings
     from compress.models.loading import load_pipeline
-    from compress.transforms.distill_guidance import DistillGuidanceConfig
-    from compress.transforms.distill_steps import DistillStepsConfig
+    from compress.transforms.distill.guidance import DistillGuidanceConfig
+    from compress.transforms.distill.steps import DistillStepsConfig
 
     def settings(steps: int, guidance: float | None) -> EvalSettings:
         return EvalSettings(

@@ -43,7 +43,7 @@ def transformer(arch: str) -> Any:
 
 def inputs(arch: str, net: Any) -> dict[str, Any]:
     """One transformer call at the native 1024 px resolution, batch 1 (meta tensors)."""
-    from compress.transforms._dit import example_inputs
+    from compress.transforms.prune._dit import example_inputs
 
     return example_inputs(net, tokens=TOKENS[arch])
 
@@ -61,7 +61,7 @@ def macs(net: Any, kwargs: dict[str, Any]) -> float:
 
 
 def sizes(archs: list[str]) -> list[dict[str, Any]]:
-    from compress.transforms._dit import preset_blocks, remove_blocks
+    from compress.transforms.prune._dit import preset_blocks, remove_blocks
 
     rows = []
     for arch in archs:
@@ -93,13 +93,13 @@ def sizes(archs: list[str]) -> list[dict[str, Any]]:
 def techniques(train_steps: int) -> list[tuple[str, list[Any]]]:
     """(name, transforms) for each technique, training budgets scaled by `train_steps`."""
     from compress.recipe import load_recipe
-    from compress.transforms.distill import DistillConfig
-    from compress.transforms.distill_guidance import DistillGuidanceConfig
-    from compress.transforms.distill_steps import DistillStepsConfig
-    from compress.transforms.prune_blocks import PruneBlocksConfig
-    from compress.transforms.prune_channels import PruneChannelsConfig
-    from compress.transforms.quantize import QuantizeConfig
-    from compress.transforms.sampler import SamplerConfig
+    from compress.transforms.distill.guidance import DistillGuidanceConfig
+    from compress.transforms.distill.recovery import DistillConfig
+    from compress.transforms.distill.steps import DistillStepsConfig
+    from compress.transforms.prune.blocks import PruneBlocksConfig
+    from compress.transforms.prune.channels import PruneChannelsConfig
+    from compress.transforms.quantize.ptq import QuantizeConfig
+    from compress.transforms.runtime.sampler import SamplerConfig
 
     n = train_steps
     train = {"steps": n, "batch_size": 32, "samples": 1437}
@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> None:
             + ", ".join(f"{k} {v:.1%}" for k, v in shares.items())
         )
     if "techniques" in parts:
-        from compress.evaluate.commands import make_settings
+        from compress.commands.evaluate import make_settings
         from compress.evaluate.latency import device_name
 
         settings = make_settings(metric=args.metric, num_prompts=args.num_prompts, warmup=1)

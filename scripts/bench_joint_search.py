@@ -150,7 +150,7 @@ def main() -> None:
         )
     print(f"reference point {ref}; load average now {os.getloadavg()}")
     if args.json:
-        from compress.recipe import write_atomic
+        from compress.fs import write_atomic
 
         payload = {"reference": ref, "budget": args.budget, "rows": rows}
         write_atomic(args.json, json.dumps(payload, indent=2, default=str) + "\n")

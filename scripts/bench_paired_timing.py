@@ -137,7 +137,7 @@ def main() -> None:
     )
     print(f"load average before {load['before']}, after {load['after']}")
     if args.json:
-        from compress.recipe import write_atomic
+        from compress.fs import write_atomic
 
         write_atomic(args.json, json.dumps(result, indent=2, default=str) + "\n")
 

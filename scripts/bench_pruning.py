@@ -64,8 +64,8 @@ def prune(pipe: Any, transforms: list[Any], ctx: Any = None) -> Any:
 
 
 def variants(channel_ratios: list[float]) -> list[tuple[str, list[Any]]]:
-    from compress.transforms.prune_blocks import PruneBlocksConfig
-    from compress.transforms.prune_channels import PruneChannelsConfig
+    from compress.transforms.prune.blocks import PruneBlocksConfig
+    from compress.transforms.prune.channels import PruneChannelsConfig
 
     out: list[tuple[str, list[Any]]] = [(p, [PruneBlocksConfig(preset=p)]) for p in PRESETS]
     out += [(f"channels {r}", [PruneChannelsConfig(ratio=r)]) for r in channel_ratios]
@@ -113,7 +113,7 @@ def sizes(archs: list[str], model: str, channel_ratios: list[float]) -> list[dic
     from compress.errors import CompressError
     from compress.models.archs import build_arch_pipeline
     from compress.models.loading import load_pipeline
-    from compress.transforms._unet import example_inputs
+    from compress.models.unet import example_inputs
 
     rows = []
     for arch in [*archs, model]:
@@ -240,7 +240,7 @@ def quality(
     from compress.evaluate.run import evaluate
     from compress.evaluate.settings import EvalSettings
     from compress.models.loading import load_pipeline
-    from compress.transforms.distill import DistillConfig, apply_distill
+    from compress.transforms.distill.recovery import DistillConfig, apply_distill
 
     settings = EvalSettings(metric="miniature", num_prompts=prompts, timed_runs=runs, warmup=1)
     metric = MiniatureMetric(weights=judge)  # judge None: the shipped judge

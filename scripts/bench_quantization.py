@@ -37,14 +37,14 @@ def measure(
     from compress.evaluate.paired import paired_latency
     from compress.evaluate.quality import get_metric
     from compress.evaluate.run import generate_images
-    from compress.transforms.quantize import NOT_FASTER, QuantizeConfig, apply_quantize
+    from compress.transforms.quantize.ptq import NOT_FASTER, QuantizeConfig, apply_quantize
 
     pipe = base if fmt == BASE else commands.load_for(args.model, args.arch, settings)
     builtin = args.model == "miniature"
     layers, method = 0, "-"
     rules = [{"match": "re:.*", "format": fmt.removesuffix(" qat")}]
     if fmt.endswith(" qat"):
-        from compress.transforms.qat import QATConfig, apply_qat
+        from compress.transforms.quantize.qat import QATConfig, apply_qat
 
         metric = get_metric(settings.metric, device=settings.device)
         ctx = RunContext(device=settings.device, prompts=metric.prompts(None)[0])
@@ -120,7 +120,7 @@ def main() -> None:
     from compress._quiet import import_heavy
 
     import_heavy()
-    from compress.evaluate.commands import make_settings
+    from compress.commands.evaluate import make_settings
 
     settings = make_settings(
         device=args.device,
@@ -171,7 +171,7 @@ def main() -> None:
     if "metric" in rows[0]:
         print(f"\nquality: {rows[0]['metric']}")
     if args.json:
-        from compress.recipe import write_atomic
+        from compress.fs import write_atomic
 
         write_atomic(args.json, json.dumps(rows, indent=2) + "\n")
 

@@ -61,8 +61,8 @@ def reload(formats: list[str]) -> None:
     import torch
 
     from compress.apply import apply_recipe
+    from compress.artifact import load_artifact, save_artifact
     from compress.context import RunContext
-    from compress.models.artifact import load_artifact, save_artifact
     from compress.models.loading import load_pipeline
     from compress.recipe import Recipe
 

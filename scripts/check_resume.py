@@ -23,10 +23,10 @@ def main() -> None:
     import torch
 
     from compress.apply import apply_recipe
+    from compress.artifact import load_model
     from compress.context import RunContext
-    from compress.models.artifact import load_model
     from compress.recipe import Recipe
-    from compress.transforms.distill_steps import DistillStepsConfig
+    from compress.transforms.distill.steps import DistillStepsConfig
 
     torch.set_num_threads(2)
     base = load_model("miniature")

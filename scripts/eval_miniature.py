@@ -104,7 +104,7 @@ def default_call(model: str, pipe) -> dict:
 def use_scheduler(pipe, spec: str, steps: int, guidance: float) -> None:
     """Swap in a sampler by its compress name, `NAME` or `NAME@SHIFT` (flow matching)."""
     from compress.context import RunContext
-    from compress.transforms.sampler import SamplerConfig, apply_sampler
+    from compress.transforms.runtime.sampler import SamplerConfig, apply_sampler
 
     name, _, shift = spec.partition("@")
     cfg = SamplerConfig(scheduler=name, steps=steps, guidance_scale=guidance,
@@ -185,7 +185,7 @@ def main() -> None:
         print(row, flush=True)
     print("\n" + "\n".join(table))
     if args.json is not None:
-        from compress.recipe import write_atomic
+        from compress.fs import write_atomic
 
         write_atomic(args.json, json.dumps(out, indent=2) + "\n")
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The prepared GPU check (compress/evaluate/gpu_check.py): SD1.5, SDXL, PixArt-Sigma and
+# The prepared GPU check (compress/bench/gpu_check.py): SD1.5, SDXL, PixArt-Sigma and
 # SD3-medium architectures with random weights (--archs picks), every row of
-# compress/evaluate/gpu_rows.py timed side by side; writes reports/gpu.md and reports/gpu.json.
+# compress/bench/gpu_rows.py timed side by side; writes reports/gpu.md and reports/gpu.json.
 # On one H100 it keeps to about 8 minutes, compile included (compiled rows that would not fit
 # are skipped and named).
 #
@@ -23,4 +23,4 @@ if compgen -G ".whl/*.whl" > /dev/null; then
   path="$site:$path"
 fi
 export PYTHONPATH="$path${PYTHONPATH:+:$PYTHONPATH}"
-exec "$py" -m compress.evaluate.gpu_check "$@"
+exec "$py" -m compress.bench.gpu_check "$@"

@@ -233,7 +233,7 @@ def main() -> None:
     record["seconds"]["total"] = round(time.time() - T0, 1)
     log(f"done: {record['seconds']}")
     stamp = HERE / "training.json" if args.out == WEIGHTS else args.out.parent / "training.json"
-    from compress.recipe import write_atomic
+    from compress.fs import write_atomic
 
     write_atomic(stamp, json.dumps(record, indent=2) + "\n")
 

@@ -180,7 +180,7 @@ def main() -> None:
     }
     log(f"done: {record}")
     stamp = HERE / "training.json" if args.out == WEIGHTS else args.out.parent / "training.json"
-    from compress.recipe import write_atomic
+    from compress.fs import write_atomic
 
     write_atomic(stamp, json.dumps(record, indent=2) + "\n")
 

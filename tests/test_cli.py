@@ -87,7 +87,7 @@ def test_apply_then_plain_diffusers_and_compress_load_agree(tiny_dir: Path, tmp_
 
 
 def test_the_apply_message_tells_per_transform_what_plain_diffusers_gives() -> None:
-    from compress.models.artifact import loading_notes
+    from compress.artifact import loading_notes
     from compress.recipe import parse_recipe
 
     def notes(*kinds: str, call: dict | None = None) -> str:

@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from compress.errors import CompressError
-from compress.quantize_calibration import Calibration, capture, kept_steps, replay, timesteps_of
+from compress.transforms.quantize._calibration import (
+    Calibration,
+    capture,
+    kept_steps,
+    replay,
+    timesteps_of,
+)
 
 
 def test_captured_timesteps_span_the_schedule_and_counts_match(tiny_pipe) -> None:

@@ -11,7 +11,7 @@ from compress.errors import RecipeError
 from compress.recipe import Recipe, load_recipe, parse_recipe, save_recipe
 from compress.transforms import base
 from compress.transforms.base import Stage, TransformConfig, register_transform
-from compress.transforms.sampler import SamplerConfig
+from compress.transforms.runtime.sampler import SamplerConfig
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from compress.evaluate.latency import LatencyResult, measure_latency
+from compress.evaluate.latency import measure_latency
 from compress.evaluate.run import evaluate, generate_images, place, reference_images
-from compress.evaluate.settings import METRICS, EvalSettings, Score
+from compress.evaluate.settings import METRICS, EvalSettings, LatencyResult, Score
 
 __all__ = [
     "METRICS",

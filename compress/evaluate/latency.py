@@ -8,38 +8,12 @@ import platform
 import statistics
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, Field
-
 from compress.errors import CompressError
+from compress.evaluate.settings import EvalSettings, LatencyResult
 from compress.models.denoiser import denoiser
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
-
-    from compress.evaluate.settings import EvalSettings
-
-
-class LatencyResult(BaseModel):
-    """Every timing of one measurement, with the device and software it was taken on."""
-
-    median_ms: float
-    spread_ms: float  # interquartile range of `runs_ms`
-    runs_ms: list[float]
-    components_ms: dict[str, float]  # per-component medians; "other" is the rest of a run
-    component_runs_ms: dict[str, list[float]]
-    calls_per_run: dict[str, int]  # e.g. denoiser: steps (one batched call per step with CFG)
-    warmup_ms: list[float] = Field(default_factory=list)
-    compile_ms: float | None = None  # first (compiling) run minus the median; None without compile
-    peak_memory_mb: float | None = None
-    device: str
-    device_name: str
-    threads: int
-    settings: dict[str, Any]
-    versions: dict[str, str]
-
-    def agrees_with(self, other: LatencyResult) -> bool:
-        """True when the medians differ by no more than the two spreads together."""
-        return abs(self.median_ms - other.median_ms) <= self.spread_ms + other.spread_ms
 
 
 def iqr(values: list[float]) -> float:
@@ -106,7 +80,7 @@ def device_name(device: Any) -> str:
 def versions() -> dict[str, str]:
     import torch
 
-    from compress.recipe import library_versions
+    from compress.versions import library_versions
 
     out = library_versions() | {"python": platform.python_version()}
     if torch.version.cuda:

@@ -8,13 +8,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from compress.recipe import write_atomic
+from compress.fs import write_atomic
 
 if TYPE_CHECKING:
     from rich.table import Table
 
-    from compress.evaluate.latency import LatencyResult
-    from compress.evaluate.settings import Score
+    from compress.evaluate.settings import LatencyResult, Score
 
 
 def latency_table(result: LatencyResult, title: str) -> Table:

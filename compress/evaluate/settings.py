@@ -6,10 +6,54 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from compress.evaluate.latency import LatencyResult
-from compress.recipe import Scores
-
 METRICS = ("miniature", "hpsv2", "pickscore", "clip", "fidelity")
+
+
+class Scores(BaseModel):
+    """Measured objectives and the settings they were measured under (a recipe keeps them)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    latency_ms: float | None = None
+    latency_spread_ms: float | None = None
+    peak_memory_mb: float | None = None
+    quality: float | None = None
+    quality_metric: str | None = None  # a metric's own name, e.g. "miniature-judge", "hpsv2.1"
+    quality_metric_version: str | None = None
+    quality_parts: dict[str, float] = Field(default_factory=dict)
+    settings: dict[str, Any] = Field(default_factory=dict)  # device, dtype, resolution, steps...
+    flags: list[str] = Field(default_factory=list)  # e.g. "quantized-but-not-faster"
+    # Paired timing (compress.evaluate.paired): median per-round ratio of the uncompressed
+    # baseline's time to this candidate's, timed in alternation in one process, with its 95%
+    # interval; `reference` says how the baseline was called and how many rounds ran.
+    speedup: float | None = None
+    speedup_ci: list[float] | None = None
+    reference: dict[str, Any] = Field(default_factory=dict)
+    parent_speedup: float | None = None  # against the unquantized parent (quantized candidates)
+    parent_speedup_ci: list[float] | None = None
+
+
+class LatencyResult(BaseModel):
+    """Every timing of one measurement, with the device and software it was taken on."""
+
+    median_ms: float
+    spread_ms: float  # interquartile range of `runs_ms`
+    runs_ms: list[float]
+    components_ms: dict[str, float]  # per-component medians; "other" is the rest of a run
+    component_runs_ms: dict[str, list[float]]
+    calls_per_run: dict[str, int]  # e.g. denoiser: steps (one batched call per step with CFG)
+    warmup_ms: list[float] = Field(default_factory=list)
+    compile_ms: float | None = None  # first (compiling) run minus the median; None without compile
+    peak_memory_mb: float | None = None
+    device: str
+    device_name: str
+    threads: int
+    settings: dict[str, Any]
+    versions: dict[str, str]
+
+    def agrees_with(self, other: LatencyResult) -> bool:
+        """True when the medians differ by no more than the two spreads together."""
+        return abs(self.median_ms - other.median_ms) <= self.spread_ms + other.spread_ms
 
 
 class EvalSettings(BaseModel):

@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 
 from compress.errors import CompressError
-from compress.recipe import write_atomic
+from compress.fs import write_atomic
 from compress.report.figures import CLICK_JS, components, scatter
 from compress.report.images import grid, numbered_pngs
 from compress.search.baseline import baseline_dir, load_baseline
@@ -197,7 +197,7 @@ def _card(
 
 def _not_faster(r: TrialRecord) -> str:
     """The plain-words speed flag of a quantized candidate no faster than its parent."""
-    from compress.transforms.quantize import NOT_FASTER
+    from compress.transforms.quantize.ptq import NOT_FASTER
 
     if NOT_FASTER in r.scores.get("flags", []):
         ci = r.parent_speedup_ci or []

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from compress.errors import CompressError
+from compress.evaluate.settings import EvalSettings
 from compress.search.ledger import read_json, write_json
 
 BASELINE = "baseline"
@@ -26,23 +27,23 @@ def reference_images(run: Path) -> list[str]:
 
 
 def evaluate_baseline(
-    run: str, model: str, settings: dict[str, Any], dtype: str | None, options: dict[str, Any]
+    run: str, model: str, settings: EvalSettings, dtype: str | None, options: dict[str, Any]
 ) -> dict:
     """Score the model as loaded (its own scheduler and call defaults) and save its images.
     Untimed: every trial times its candidate against this model itself, paired."""
     import ray
 
     from compress._quiet import import_heavy
-    from compress.evaluate import EvalSettings, evaluate
+    from compress.artifact import load_model
+    from compress.evaluate import evaluate
     from compress.evaluate import reference_images as make_references
-    from compress.models.artifact import load_model
     from compress.search.staging import check_finite, metric_for
     from compress.search.trial import save_images
 
     import_heavy()
     t0 = time.perf_counter()
-    pipe = load_model(model, device=settings.get("device", "cpu"), dtype=dtype)
-    es = EvalSettings(**settings)
+    pipe = load_model(model, device=settings.device, dtype=dtype)
+    es = settings
     metric = metric_for(es, options)
     # A metric that compares with the uncompressed model (fidelity) compares it with itself here.
     refs = (
@@ -67,7 +68,7 @@ def evaluate_baseline(
 def ensure_baseline(
     run: Path,
     model: str,
-    settings: dict[str, Any],
+    settings: EvalSettings,
     dtype: str | None,
     resources: dict[str, float],
     options: dict[str, Any],

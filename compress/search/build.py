@@ -270,7 +270,7 @@ class Builder:
         if steps is None or not work.is_dir():
             return
         data = _read_seconds(work) | {str(steps): total}
-        from compress.recipe import write_atomic
+        from compress.fs import write_atomic
 
         write_atomic(work / SECONDS_FILE, json.dumps(data))
 

@@ -14,17 +14,15 @@ pipelines across processes and nodes, hence this module.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from compress.recipe import write_atomic
+from compress.fs import atomic_folder, file_digests, file_lock, write_atomic
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
@@ -35,17 +33,6 @@ if TYPE_CHECKING:
 ENTRY_FILE = "entry.json"
 ARTIFACT = "artifact"
 DATA_VERSION = "miniature-digits-1"  # bump when the built-in training digits change
-_LIBRARIES = ("compress", "torch", "diffusers", "transformers", "peft", "accelerate", "torchao")
-
-
-def library_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for pkg in _LIBRARIES:
-        with contextlib.suppress(PackageNotFoundError):
-            out[pkg] = version(pkg)
-    return out
 
 
 def data_identity(data: str | None, prompts_file: str | None) -> dict[str, Any]:
@@ -83,16 +70,6 @@ def prefix_key(
     return hashlib.sha256(canonical.encode()).hexdigest()[:32]
 
 
-def _file_digests(folder: Path) -> dict[str, str]:
-    out = {}
-    for p in sorted(folder.rglob("*")):
-        if p.is_file():
-            with p.open("rb") as fh:
-                digest = hashlib.file_digest(fh, "sha256").hexdigest()
-            out[p.relative_to(folder).as_posix()] = digest
-    return out
-
-
 class PrefixCache:
     """A folder of verified prefix entries, with per-key locks and training work folders."""
 
@@ -110,14 +87,8 @@ class PrefixCache:
     def lock(self, key: str) -> Iterator[None]:
         """Held while building `key`: a second trial needing it waits, then finds it cached.
         (On storage without working flock the atomic rename alone keeps entries whole.)"""
-        path = self.root / "locks" / f"{key}.lock"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+        with file_lock(self.root / "locks" / f"{key}.lock"):
+            yield
 
     def lookup(self, key: str) -> tuple[Path, dict[str, Any]] | None:
         """The verified artifact folder of `key` and its entry record, or None (absent, or
@@ -129,7 +100,7 @@ class PrefixCache:
         problem = None
         try:
             meta = json.loads(meta_path.read_text())
-            if _file_digests(folder / ARTIFACT) != meta["files"]:
+            if file_digests(folder / ARTIFACT) != meta["files"]:
                 problem = "its files do not match their recorded SHA-256"
         except (OSError, ValueError, KeyError) as exc:
             problem = f"its entry record is unreadable ({exc})"
@@ -145,22 +116,12 @@ class PrefixCache:
         self, key: str, pipe: DiffusionPipeline, recipe: Recipe, info: dict[str, Any]
     ) -> Path:
         """Save `pipe` (with its applied prefix recipe) as the entry of `key`, atomically."""
-        from compress.models.artifact import save_artifact
+        from compress.artifact import save_artifact
 
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.root / f".{key}.partial-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        try:
+        with atomic_folder(self.entry(key)) as tmp:  # the first writer wins
             save_artifact(pipe, recipe, tmp / ARTIFACT)
-            meta = {"key": key, **info, "files": _file_digests(tmp / ARTIFACT)}
+            meta = {"key": key, **info, "files": file_digests(tmp / ARTIFACT)}
             write_atomic(tmp / ENTRY_FILE, json.dumps(meta, indent=2, default=str))
-            try:
-                os.rename(tmp, self.entry(key))
-            except OSError:  # another writer got there first: theirs stands
-                shutil.rmtree(tmp, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return self.entry(key) / ARTIFACT
 
 

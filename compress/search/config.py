@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from compress.errors import CompressError
+from compress.evaluate.settings import EvalSettings
 from compress.search.ledger import SEARCH_FILE, read_json, write_json
 from compress.search.space import SearchSpace, load_space
 
@@ -78,20 +79,32 @@ class SearchConfig(BaseModel):
     def run(self) -> Path:
         return Path(self.out)
 
-    def eval_settings(self) -> dict[str, Any]:
-        """EvalSettings fields for the full evaluation (threads follow the CPUs per trial)."""
+    def eval_settings(self) -> EvalSettings:
+        """The full evaluation's settings (threads follow the CPUs per trial)."""
         threads = max(1, int(self.cpus_per_trial)) if self.device == "cpu" else None
         base = {"threads": threads} if threads else {}
-        return {
-            **base,
-            **self.evaluation,
-            "metric": self.metric,
-            "device": self.device,
-            **({"dtype": self.dtype} if self.dtype else {}),
-        }
+        return _settings(
+            {
+                **base,
+                **self.evaluation,
+                "metric": self.metric,
+                "device": self.device,
+                **({"dtype": self.dtype} if self.dtype else {}),
+            }
+        )
 
-    def baseline_settings(self) -> dict[str, Any]:
-        return {**self.eval_settings(), **self.baseline}
+    def baseline_settings(self) -> EvalSettings:
+        """The uncompressed reference's: the full evaluation's, at the model's usual call."""
+        return _settings({**self.eval_settings().model_dump(exclude_unset=True), **self.baseline})
+
+
+def _settings(fields: dict[str, Any]) -> EvalSettings:
+    from pydantic import ValidationError
+
+    try:
+        return EvalSettings(**fields)
+    except ValidationError as exc:
+        raise CompressError(f"invalid evaluation settings: {exc}") from None
 
 
 def parse_duration(text: str | float | None) -> float | None:

@@ -66,8 +66,8 @@ def export_trial(
 ) -> Exported:
     """Write trial `which` of `run` as an artifact at `out`; with `check`, regenerate its scored
     images and compare them with the ones it saved."""
+    from compress.artifact import save_artifact
     from compress.generate import call_defaults
-    from compress.models.artifact import save_artifact
     from compress.recipe import load_recipe
     from compress.search.config import resume_config
 
@@ -102,7 +102,7 @@ def _prefix(
 ) -> tuple[DiffusionPipeline, Path | None, float]:
     """The pipeline after the recipe's structure and training: the trial's cache entry when it
     trains, else the model itself (structure is replayed with the rest)."""
-    from compress.models.artifact import load_artifact, load_model
+    from compress.artifact import load_artifact, load_model
     from compress.recipe import load_recipe
     from compress.search.build import split
     from compress.search.cache import CorruptEntry, PrefixCache
@@ -162,14 +162,13 @@ def _compare(done: Exported, pipe: DiffusionPipeline, cfg: SearchConfig, folder:
     import numpy as np
     from PIL import Image
 
-    from compress.evaluate import EvalSettings
     from compress.evaluate.run import generate_images, place
     from compress.search.staging import metric_for
 
     saved = sorted((folder / "images").glob("[0-9]*.png"))
     if not saved:
         raise CompressError(f"{folder}/images holds no images to compare with; pass --no-check")
-    settings = EvalSettings(**cfg.eval_settings())
+    settings = cfg.eval_settings()
     prompts, seeds = metric_for(settings, cfg.metric_options).prompts(settings.num_prompts)
     seeds = [s + settings.seed for s in seeds]
     place(pipe, settings)

@@ -98,6 +98,9 @@ def pinned(cpus: float, *, shared: bool = False) -> Iterator[Placement]:
 
 @contextlib.contextmanager
 def _flock(name: str, mode: int) -> Iterator[None]:
+    # fcntl here, not compress.fs.file_lock (filelock): timing phases share the node lock
+    # (LOCK_SH) while work takes it alone, and core reservations try without waiting
+    # (LOCK_NB); filelock has exclusive, blocking locks only
     path = LOCK_DIR / name
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as f:

@@ -23,24 +23,25 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from compress.errors import CompressError
-from compress.recipe import write_atomic
+from compress.fs import write_atomic
 
 State = Literal["complete", "stopped", "failed", "interrupted"]
 SEARCH_FILE = "search.json"
 MODEL_FILE = "model.json"  # the digest of the weights the run started with
 
 
-class TrialRecord(BaseModel):
-    """What the ledger keeps of one trial."""
+class TrialResult(BaseModel):
+    """What a trial reports at each stage (1: a rung or the stage prompts; 2: the full set), in
+    one model: the trial writes it, Ray Tune carries it as a dict (`report()`), and the
+    schedulers, the searcher and the ledger read it back (`of()`); a TrialRecord extends it."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="ignore")  # Ray Tune adds keys of its own (time_total_s, ...)
 
-    number: int
-    state: State
+    number: int | None = None
     stage: int = 0  # the last evaluation stage reached (1: stage prompts, 2: full set)
-    params: dict[str, Any] = Field(default_factory=dict)
-    recipe: str | None = None  # recipe name
-    transforms: list[dict[str, Any]] = Field(default_factory=list)
+    training_fraction: float | None = None  # of its training budget (None: trains nothing)
+    prompts: int | None = None  # how many prompts the quality was scored on
+    relative_latency: float | None = None  # 1 / speed-up
     # Paired timing in the trial's own worker: the candidate's median (absolute, ms), the
     # uncompressed baseline's in the same rounds, and the speed-up (median per-round ratio) with
     # its 95% interval (order statistics); the parent's for a quantized candidate.
@@ -57,19 +58,49 @@ class TrialRecord(BaseModel):
     # Each rung the trial was scored at on the stage prompts: training_fraction (None: trains
     # nothing), prompts, relative_latency, quality.
     rungs: list[dict[str, Any]] = Field(default_factory=list)
-    stopped_at: dict[str, Any] | None = None  # {prompts, training_fraction} of its last score
     training: bool = False  # has training transforms
     cache: dict[str, Any] = Field(default_factory=dict)  # prefix-cache hits and misses
+    duplicate_of: int | None = None  # same knobs as this earlier trial; its scores were reused
+    node: str | None = None
+    times: dict[str, float] = Field(default_factory=dict)  # seconds: build, timing, trial, wall
+
+    @classmethod
+    def of(cls, reported: dict[str, Any] | None) -> TrialResult:
+        """A result as Ray Tune hands it back (its own keys ignored)."""
+        return cls.model_validate(reported or {})
+
+    def report(self) -> dict[str, Any]:
+        """The dict Ray Tune takes (`tune.report`)."""
+        return self.model_dump(mode="json")
+
+    @property
+    def scored(self) -> bool:
+        return self.stage in (1, 2)
+
+    @property
+    def speedup_low(self) -> float | None:
+        return self.speedup_ci[0] if self.speedup_ci else None
+
+
+class TrialRecord(TrialResult):
+    """What the ledger keeps of one trial: its last result and what the driver knows of it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    number: int
+    state: State
+    params: dict[str, Any] = Field(default_factory=dict)
+    recipe: str | None = None  # recipe name
+    transforms: list[dict[str, Any]] = Field(default_factory=list)
+    stopped_at: dict[str, Any] | None = None  # {prompts, training_fraction} of its last score
     constraints: dict[str, float] = Field(default_factory=dict)  # name -> value; > 0 violated
     error: str | None = None
-    duplicate_of: int | None = None  # same knobs as this earlier trial; its scores were reused
     # who proposed it: a start point, a composition of two, the sampler's new prefix (it trains
-    # or builds its structure) or a suffix on a trained prefix (compress.search.twolevel)
+    # or builds its structure), a suffix on a trained prefix, or a finishing variant
+    # (compress.search.twolevel)
     origin: Literal["start", "composition", "prefix", "suffix", "finish"] | None = None
     why: str | None = None  # the two-level rule's choice: level, expected gain per second, reason
-    node: str | None = None
     ray_trial_id: str | None = None
-    times: dict[str, float] = Field(default_factory=dict)  # seconds: build, timing, trial, wall
 
     @property
     def feasible(self) -> bool:
@@ -89,28 +120,17 @@ class TrialRecord(BaseModel):
             return None
         return (1.0 / self.speedup, self.quality)
 
-    def last_result(self) -> dict[str, Any]:
+    def result(self) -> TrialResult:
         """This trial's final result as a trial reports it (to serve a repeated point)."""
-        low, high = self.speedup_ci or [None, None]
-        return {
-            "stage": self.stage,
-            "training_fraction": (self.stopped_at or {}).get("training_fraction"),
-            "prompts": (self.stopped_at or {}).get("prompts"),
-            "relative_latency": 1.0 / self.speedup if self.speedup else None,
-            "quality": self.quality,
-            "latency_ms": self.latency_ms,
-            "reference_latency_ms": self.reference_latency_ms,
-            "speedup": self.speedup,
-            "speedup_low": low,
-            "speedup_high": high,
-            "parent_speedup": self.parent_speedup,
-            "parent_speedup_ci": self.parent_speedup_ci,
-            "scores": self.scores,
-            "components_ms": self.components_ms,
-            "reference_components_ms": self.reference_components_ms,
-            "rungs": [],  # scored nothing itself
-            "training": self.training,
-        }
+        data = self.model_dump(include=set(TrialResult.model_fields))
+        stopped = self.stopped_at or {}
+        data.update(  # a ledger written before these were kept gives them this way
+            rungs=[],  # a repeat scored nothing itself
+            relative_latency=1.0 / self.speedup if self.speedup else None,
+            training_fraction=stopped.get("training_fraction"),
+            prompts=stopped.get("prompts"),
+        )
+        return TrialResult.model_validate(data)
 
 
 def trial_dir(run: Path, number: int) -> Path:

@@ -23,7 +23,7 @@ def reference_pipe(model: str, device: str, dtype: str | None) -> DiffusionPipel
     worker process: Ray reuses trial workers, so later trials time against the same object."""
     key = (model, device, dtype)
     if key not in _REFERENCES:
-        from compress.models.artifact import load_model
+        from compress.artifact import load_model
 
         _REFERENCES.clear()  # one model per worker: a new run's model replaces the old one
         _REFERENCES[key] = load_model(model, device=device, dtype=dtype)

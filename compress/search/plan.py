@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from compress.errors import CompressError
+from compress.evaluate.settings import EvalSettings
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
@@ -70,9 +71,11 @@ def gpu(name: str) -> Device:
     return Device(name, memory * GIB, rates, source)
 
 
-def measured_cpu(pipe: DiffusionPipeline, costs: Costs, threads: int, batch: int) -> Device:
+def measured_cpu(pipe: DiffusionPipeline, costs: Costs, threads: int, batches: list[int]) -> Device:
     """This machine's CPU rates, each from timing real calls of the component (random weights:
-    the time does not depend on their values)."""
+    the time does not depend on their values); training at each of the space's batch sizes
+    (`train@B`), since a CPU's throughput grows with the batch (the miniature's UNet: 2.3x from
+    batch 16 to 32)."""
     import psutil
     import torch
     from accelerate.utils import set_module_tensor_to_device
@@ -106,22 +109,20 @@ def measured_cpu(pipe: DiffusionPipeline, costs: Costs, threads: int, batch: int
             rates["denoiser"] = 2 * costs.denoiser_flops / _best(lambda: net(**two))
             z = torch.zeros(1, *costs.latent_shape)
             rates["decode"] = costs.decode_flops / _best(lambda: pipe.vae.decode(z))
-        many = _batched(one, batch)
         net.requires_grad_(True)
-        rates["train"] = (
-            3
-            * batch
-            * costs.denoiser_flops
-            / _best(lambda: net(**many)[0].float().mean().backward())
-        )
+        for batch in sorted(set(batches)):
+            many = _batched(one, batch)
+            seconds = _best(lambda many=many: net(**many)[0].float().mean().backward())
+            rates[f"train@{batch}"] = 3 * batch * costs.denoiser_flops / seconds
+        rates["train"] = rates[f"train@{max(batches)}"]
         net.requires_grad_(False)
     finally:
         torch.set_num_threads(previous)
-    source = "measured: the best of 3 calls of each component"
+    source = "measured: the best of 7 calls of each component"
     return Device(f"CPU, {threads} thread(s)", psutil.virtual_memory().total, rates, source)
 
 
-def _best(fn: Any, repeats: int = 3) -> float:
+def _best(fn: Any, repeats: int = 7) -> float:
     fn()  # warm-up
     times = []
     for _ in range(repeats):
@@ -139,7 +140,7 @@ class CostModel:
         pipe: DiffusionPipeline,
         costs: Costs,
         device: Device,
-        settings: dict[str, Any],
+        settings: EvalSettings,
         baseline: dict[str, Any],
         half: int,
     ) -> None:
@@ -183,14 +184,14 @@ class CostModel:
         )
 
     def baseline_call(self) -> float:
-        s = {**self.settings, **self.baseline}
+        s = {**self.settings.model_dump(), **self.baseline}
         steps = int(s.get("steps") or 50)
         return self.call_seconds(steps, float(s.get("guidance_scale") or 7.5) > 1)
 
     def candidate_call(self, recipe: Recipe) -> float:
         """The candidate's own call, from its sampler, student and cache transforms."""
         from compress.search.build import split
-        from compress.transforms.cache import DEEPCACHE_INTERVAL
+        from compress.transforms.runtime.cache import DEEPCACHE_INTERVAL
 
         plan = split(recipe)
         steps = int(self.baseline.get("steps") or 50)
@@ -236,8 +237,8 @@ class CostModel:
     def evaluation_seconds(self, recipe: Recipe | None) -> float:
         """A trial's evaluation: paired rounds of candidate and baseline, then its images."""
         s = self.settings
-        rounds = int(s.get("timed_runs", 5)) + int(s.get("warmup", 1))
-        prompts = int(s.get("num_prompts") or 32)
+        rounds = s.timed_runs + s.warmup
+        prompts = s.num_prompts or 32
         own = self.candidate_call(recipe) if recipe is not None else self.baseline_call()
         compile_s = self.compile_seconds(recipe)
         return TRIAL_OVERHEAD_S + compile_s + rounds * (own + self.baseline_call()) + prompts * own
@@ -250,7 +251,8 @@ class CostModel:
             teacher = 2 * cfg.teacher_substeps if method == "trajectory" else TEACHER_CALLS[method]
         samples = cfg.steps * cfg.batch_size * cfg.grad_accum
         f = self.costs.denoiser_flops
-        return samples * (3 * ratio + teacher) * f / self.device.rates["train"]
+        rate = self.device.rates.get(f"train@{cfg.batch_size}", self.device.rates["train"])
+        return samples * (3 * ratio + teacher) * f / rate
 
     def training_memory(self, cfg: Any) -> float:
         """Bytes a training trial holds: the student in float32 with its gradients and Adam's
@@ -282,16 +284,14 @@ def cost_model(cfg: SearchConfig, space: SearchSpace, device: Device | None = No
 
     pipe = build_arch_pipeline(cfg.model) if cfg.model in ARCHS else meta_pipeline(cfg.model)
     settings = cfg.eval_settings()
-    costs = count(pipe, settings.get("resolution"))
+    costs = count(pipe, settings.resolution)
     if device is None:
         if cfg.target_gpu:
             device = gpu(cfg.target_gpu)
         elif cfg.device == "cpu":
-            batch = max(
-                (_config(space, k).batch_size for k in _kinds(space, "training")), default=1
-            )
+            batches = [_config(space, k).batch_size for k in _kinds(space, "training")] or [1]
             device = measured_cpu(
-                copy.deepcopy(pipe), costs, max(1, int(cfg.cpus_per_trial)), batch
+                copy.deepcopy(pipe), costs, max(1, int(cfg.cpus_per_trial)), batches
             )
         else:
             raise CompressError("the plan needs --target-gpu TYPE for a search on GPUs")
@@ -436,7 +436,10 @@ def measured_costs(record: Any) -> dict[str, float]:
             by_kind.setdefault(miss["kind"], []).extend([miss["seconds"], miss["trained_steps"]])
     for kind, v in by_kind.items():
         out[f"update:{kind}"] = sum(v[0::2]) / sum(v[1::2])
-    out["images"] = float((record.stopped_at or {}).get("prompts") or 0)
+    # every image it scored: each rung's stage prompts, then the full set
+    rungs = sum(int(r.get("prompts") or 0) for r in record.rungs)
+    final = (record.stopped_at or {}).get("prompts") if record.stage == 2 else 0
+    out["images"] = float(rungs + int(final or 0))
     return out
 
 
@@ -451,7 +454,7 @@ def predicted_costs(
     own, base = model.candidate_call(recipe), model.baseline_call()
     quantized = any(t.kind in ("quantize", "qat") for t in recipe.transforms)
     per_round = own + base + (own if quantized else 0.0)  # a quantized one's parent is timed too
-    rounds = int(model.settings.get("timed_runs", 5)) + int(model.settings.get("warmup", 1))
+    rounds = model.settings.timed_runs + model.settings.warmup
     out = {"evaluation": model.compile_seconds(recipe) + rounds * per_round}
     out["evaluation"] += measured.get("images", 0.0) * own
     ratio = model.student_ratio(plan.structure)

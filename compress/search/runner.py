@@ -7,13 +7,14 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from compress.errors import CompressError
-from compress.recipe import write_atomic
+from compress.fs import write_atomic
 from compress.search.compose import compositions
 from compress.search.config import SearchConfig, save_config
 from compress.search.ledger import (
@@ -143,7 +144,6 @@ def run_search(
     `trainable` replaces the trial function (`run_trial(config, job=...)`): the scheduling
     simulation runs the real driver with trials that only sleep (scripts/simulate_search.py).
     """
-    from compress.evaluate import EvalSettings
     from compress.models.loading import resolve
     from compress.search.baseline import ensure_baseline
     from compress.search.results import finalize
@@ -155,10 +155,7 @@ def run_search(
             "or choose another --out"
         )
     resolve(cfg.model)  # a missing model fails here, not inside a Ray worker
-    try:
-        EvalSettings(**cfg.baseline_settings())
-    except ValueError as exc:
-        raise CompressError(f"invalid evaluation settings: {exc}") from None
+    cfg.baseline_settings()  # invalid evaluation settings fail here, naming the field
     check_data(cfg.data, cfg.prompts)  # unreadable training data fails before any trial
     run.mkdir(parents=True, exist_ok=True)
     pin_model_weights(run, cfg.model)  # before anything of a resumed run is rewritten
@@ -189,10 +186,8 @@ def run_search(
         remaining = cfg.trials - sum(r.state in FINISHED for r in records)
         if remaining > 0:
             t0 = time.perf_counter()
-            _tune(
-                cfg, space, run, records, remaining, resources, baseline, console, verbose,
-                queued, deadline, trainable,
-            )  # fmt: skip
+            session = Session(run, records, remaining, resources, baseline, queued, deadline)
+            _tune(cfg, space, session, console=console, verbose=verbose, trainable=trainable)
             launched = len(read_records(run)) - len(records)
             times |= {
                 "tune_s": time.perf_counter() - t0,
@@ -226,18 +221,27 @@ def _status(console: Any, what: str) -> Iterator[None]:
         yield
 
 
+@dataclass
+class Session:
+    """What one Tuner run of a search starts from: the run folder's ledger, the trials and time
+    left, the resources a trial takes, the baseline's scores and the points queued first."""
+
+    run: Path
+    records: list[TrialRecord]
+    remaining: int  # trials
+    resources: dict[str, float]
+    baseline: dict[str, Any]
+    queue: list[tuple[dict[str, Any], str]]  # (knob values, origin)
+    deadline: float | None  # time.time() at which the budget ends
+
+
 def _tune(
     cfg: SearchConfig,
     space: SearchSpace,
-    run: Path,
-    records: list[TrialRecord],
-    remaining: int,
-    resources: dict[str, float],
-    baseline: dict[str, Any],
+    session: Session,
+    *,
     console: Any,
     verbose: bool,
-    points: list[tuple[dict[str, Any], str]],
-    deadline: float | None,
     trainable: Callable[..., None] | None = None,
 ) -> None:
     from ray import tune
@@ -256,6 +260,10 @@ def _tune(
         rung_points,
     )
     from compress.search.twolevel import TwoLevelSearch
+
+    run, records, remaining = session.run, session.records, session.remaining
+    resources, baseline = session.resources, session.baseline
+    points, deadline = session.queue, session.deadline
 
     limits = Limits(cfg.max_latency, cfg.min_quality)
     compose = space.spec.search.compose
@@ -281,7 +289,7 @@ def _tune(
     )
     st = space.spec.staged
     settings = cfg.eval_settings()
-    full_prompts = settings.get("num_prompts")
+    full_prompts = settings.num_prompts
     staged = cfg.staged and st.enabled and (full_prompts is None or st.prompts < full_prompts)
     done = [r for r in records if r.state in FINISHED]
     scheduler = RungScheduler(
@@ -301,7 +309,7 @@ def _tune(
         baseline_settings=cfg.baseline_settings(),
         stage_prompts=st.prompts if staged else None,
         rungs=list(st.rungs) if cfg.staged and st.enabled else [1.0],
-        rounds=max(2, int(settings.get("timed_runs", 5))),
+        rounds=max(2, settings.timed_runs),
         dtype=cfg.dtype,
         reference_images=reference_images(run) if cfg.metric == "fidelity" else [],
         metric_options=cfg.metric_options,

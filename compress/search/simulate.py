@@ -181,24 +181,24 @@ def _result(
     hits: list[dict[str, Any]],
     misses: list[dict[str, Any]],
 ) -> dict[str, Any]:
+    from compress.search.ledger import TrialResult
+
     speedup = 1.0 / latency
-    return {
-        "stage": stage,
-        "training_fraction": fraction,
-        "prompts": 8 if stage == 1 else 32,
-        "relative_latency": latency,
-        "quality": quality,
-        "latency_ms": 100.0 * latency,
-        "reference_latency_ms": 100.0,
-        "speedup": speedup,
-        "speedup_low": speedup * 0.95,
-        "speedup_high": speedup * 1.05,
-        "scores": {},
-        "rungs": [{"training_fraction": fraction, "relative_latency": latency, "quality": quality}],
-        "training": training,
-        "cache": {"hits": hits, "misses": misses},
-        "busy_s": busy,
-    }
+    return TrialResult(
+        stage=stage,
+        training_fraction=fraction,
+        prompts=8 if stage == 1 else 32,
+        relative_latency=latency,
+        quality=quality,
+        latency_ms=100.0 * latency,
+        reference_latency_ms=100.0,
+        speedup=speedup,
+        speedup_ci=[speedup * 0.95, speedup * 1.05],
+        rungs=[{"training_fraction": fraction, "relative_latency": latency, "quality": quality}],
+        training=training,
+        cache={"hits": hits, "misses": misses},
+        times={"busy": busy},
+    ).report()
 
 
 def _store(cache: Any, key: str, seconds: float, trial: int) -> None:

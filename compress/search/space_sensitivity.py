@@ -12,7 +12,7 @@ GROUPS = ("down_blocks", "mid_block", "up_blocks")  # QuantizeConfig's block-gro
 
 def narrow(spec: SpaceFile, source: str) -> SpaceFile:
     """The space with disallowed formats removed from knobs setting `quantize.<group>`."""
-    from compress.transforms.sensitivity import BASELINE, allowed_formats, read_table
+    from compress.transforms.quantize.sensitivity import BASELINE, allowed_formats, read_table
 
     if spec.sensitivity is None:
         return spec

@@ -21,6 +21,6 @@ def parent_transforms(recipe: Recipe) -> list[Any] | None:
 def flag_scores(scores: Scores) -> Scores:
     """`scores` with the quantized-but-not-faster flag set or cleared from the paired interval
     against the parent; unchanged where no parent was timed (nothing quantized)."""
-    from compress.transforms.quantize import flag_if_not_faster
+    from compress.transforms.quantize.ptq import flag_if_not_faster
 
     return scores if scores.parent_speedup_ci is None else flag_if_not_faster(scores)

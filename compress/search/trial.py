@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from compress.recipe import write_atomic
-from compress.search.ledger import TrialRecord, read_records, trial_dir, write_json
+from compress.evaluate.settings import EvalSettings
+from compress.fs import write_atomic
+from compress.search.ledger import TrialRecord, TrialResult, read_records, trial_dir, write_json
 from compress.search.staging import TrialFailed, evaluate_stage, extend
 
 if TYPE_CHECKING:
@@ -38,8 +39,8 @@ class TrialJob:
     model: str
     space: dict[str, Any]  # the validated SpaceFile, re-validated on the worker
     space_source: str
-    settings: dict[str, Any]  # EvalSettings fields for the full evaluation
-    baseline_settings: dict[str, Any]  # ...and for the uncompressed reference (its usual call)
+    settings: EvalSettings  # the full evaluation's
+    baseline_settings: EvalSettings  # ...and the uncompressed reference's (its usual call)
     stage_prompts: int | None  # None: every evaluation on the full prompt set
     rungs: list[float] = field(default_factory=lambda: [1.0])  # training fractions to score at
     rounds: int = 8  # paired timing rounds
@@ -108,8 +109,9 @@ def run_trial(config: dict[str, Any], job: TrialJob) -> None:
         with pinned(job.cpus, shared=shares_node(job)) as place:
             log.info("placement: %s", place.describe())
             for result in _stages(config, params, number, job, folder, log, place):
-                result.update(number=number, node=node, trial_s=time.perf_counter() - start)
-                tune.report(result)  # blocks until the driver asks to go on (or stops it)
+                result.number, result.node = number, node
+                result.times["trial"] = time.perf_counter() - start
+                tune.report(result.report())  # blocks until the driver asks to go on (or stops)
     except SystemExit:  # how Tune ends a trial its scheduler stopped
         log.info("stopped by the scheduler: the front at this rung clearly dominates it")
         raise
@@ -126,7 +128,6 @@ def _stages(config, params, number, job, folder, log, place):  # noqa: ANN001, A
     from optuna.trial import FixedTrial
 
     from compress._quiet import import_heavy
-    from compress.evaluate import EvalSettings
     from compress.recipe import save_recipe
     from compress.search.build import rungs_for, split
     from compress.search.isolation import work_phase
@@ -144,9 +145,9 @@ def _stages(config, params, number, job, folder, log, place):  # noqa: ANN001, A
     earlier = same_knobs(Path(job.run), params, number)
     if earlier is not None:  # samplers repeat points of a discrete space: no second evaluation
         log.info("same knobs as trial %d: reusing its scores", earlier.number)
-        yield {**earlier.last_result(), "duplicate_of": earlier.number}
+        yield earlier.result().model_copy(update={"duplicate_of": earlier.number})
         return
-    full = EvalSettings(**job.settings)
+    full = job.settings
     quick = (
         full.model_copy(update={"num_prompts": job.stage_prompts}) if job.stage_prompts else full
     )
@@ -171,7 +172,7 @@ def _stages(config, params, number, job, folder, log, place):  # noqa: ANN001, A
                 model=job.model,
                 dtype=job.dtype,
                 settings=full,
-                baseline_settings=EvalSettings(**job.baseline_settings),
+                baseline_settings=job.baseline_settings,
                 rounds=job.rounds,
                 place=place,
                 log=log,
@@ -227,7 +228,7 @@ class Progress:
         score: Any,
         timing: PairedTiming,
         scores: Scores | None = None,
-    ) -> dict[str, Any]:
+    ) -> TrialResult:
         from compress.search.pairing import BASELINE, PARENT
 
         ratio = timing.speedup[BASELINE]
@@ -242,26 +243,22 @@ class Progress:
             self.rungs.append(point)
         parent = timing.speedup.get(PARENT)
         cache = self.cache
-        return {
+        return TrialResult(
             **point,
-            "latency_ms": timing.median_ms(),
-            "reference_latency_ms": timing.median_ms(BASELINE),
-            "speedup": ratio.median,
-            "speedup_low": ratio.low,
-            "speedup_high": ratio.high,
-            "parent_speedup": parent.median if parent else None,
-            "parent_speedup_ci": parent.ci if parent else None,
-            "scores": (scores or score.to_recipe_scores()).model_dump(mode="json"),
-            "components_ms": _medians(timing.components_ms["candidate"]),
-            "reference_components_ms": _medians(timing.components_ms[BASELINE]),
-            "rungs": list(self.rungs),
-            "training": self.training,
-            "cache": {
-                "hits": cache.hits if cache else [],
-                "misses": cache.misses if cache else [],
-            },
-            **{f"{k}_s": v for k, v in self.times.items()},
-        }
+            latency_ms=timing.median_ms(),
+            reference_latency_ms=timing.median_ms(BASELINE),
+            speedup=ratio.median,
+            speedup_ci=[ratio.low, ratio.high],
+            parent_speedup=parent.median if parent else None,
+            parent_speedup_ci=parent.ci if parent else None,
+            scores=(scores or score.to_recipe_scores()).model_dump(mode="json"),
+            components_ms=_medians(timing.components_ms["candidate"]),
+            reference_components_ms=_medians(timing.components_ms[BASELINE]),
+            rungs=list(self.rungs),
+            training=self.training,
+            cache={"hits": cache.hits if cache else [], "misses": cache.misses if cache else []},
+            times=dict(self.times),
+        )
 
 
 def _medians(parts: dict[str, list[float]]) -> dict[str, float]:
@@ -272,12 +269,13 @@ def _medians(parts: dict[str, list[float]]) -> dict[str, float]:
 
 def _builder(job: TrialJob, number: int, log: logging.Logger) -> Any:
     from compress.search.build import Builder
-    from compress.search.cache import PrefixCache, library_versions
+    from compress.search.cache import PrefixCache
+    from compress.versions import library_versions
 
-    device = job.settings.get("device", "cpu")
+    device = job.settings.device
 
     def load(folder: Path | None = None) -> Any:
-        from compress.models.artifact import load_artifact, load_model
+        from compress.artifact import load_artifact, load_model
 
         if folder is not None:
             return load_artifact(folder, device=device, dtype=job.dtype)
@@ -370,7 +368,8 @@ def _references(job: TrialJob) -> list[Any] | None:
 
 
 def _finished(applied: Recipe, recipe: Recipe, scores: Scores, job: TrialJob, n: int) -> Recipe:
-    from compress.recipe import Provenance, library_versions
+    from compress.recipe import Provenance
+    from compress.versions import library_versions
 
     provenance = Provenance(
         source_model=job.model,

@@ -13,7 +13,7 @@ from ray.tune import Callback
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import ConcurrencyLimiter, Searcher
 
-from compress.search.ledger import TrialRecord, read_json, trial_dir, write_record
+from compress.search.ledger import TrialRecord, TrialResult, read_json, trial_dir, write_record
 from compress.search.pareto import Point, clearly_dominated, pareto_front
 
 
@@ -80,19 +80,19 @@ class RungScheduler(FIFOScheduler):
         return [pts[i] for i in pareto_front(pts)]
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
-        if result.get("stage") != 1 or result.get("duplicate_of") is not None:
+        r = TrialResult.of(result)
+        if r.stage != 1 or r.duplicate_of is not None:
             return TrialScheduler.CONTINUE
-        if self._deadline is not None and time.time() >= self._deadline and rung_of(result) < 1:
+        if self._deadline is not None and time.time() >= self._deadline and rung_of(r) < 1:
             # the budget is spent: a training candidate ends at the rung it reached (its score
             # there is kept) instead of training on past the budget
             return TrialScheduler.STOP
-        if self._limits.violations(result.get("latency_ms"), None).get("max_latency", 0) > 0:
+        if self._limits.violations(r.latency_ms, None).get("max_latency", 0) > 0:
             return TrialScheduler.STOP
-        low = result.get("speedup_low")
-        if low is None or low <= 1.0:
+        if r.speedup_low is None or r.speedup_low <= 1.0:
             return TrialScheduler.STOP
-        rung = rung_of(result)
-        point = (result["relative_latency"], result["quality"])
+        rung = rung_of(r)
+        point = (r.relative_latency, r.quality)
         if clearly_dominated(
             point, self.front(rung), quality_margin=self._margin, latency_tolerance=self._tolerance
         ):
@@ -101,9 +101,11 @@ class RungScheduler(FIFOScheduler):
         return TrialScheduler.CONTINUE
 
 
-def rung_of(point: dict) -> float:
+def rung_of(point: TrialResult | dict) -> float:
     """The rung a scored point belongs to: its training fraction, 1.0 when it trains nothing."""
-    fraction = point.get("training_fraction")
+    fraction = (
+        point.get("training_fraction") if isinstance(point, dict) else point.training_fraction
+    )
     return 1.0 if fraction is None else float(fraction)
 
 
@@ -134,55 +136,36 @@ class LedgerCallback(Callback):
         self._started[trial.trial_id] = time.perf_counter()
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        r = trial.last_result or {}
-        state = "complete" if r.get("stage") == 2 else "stopped"
-        self._write(trial, state, r, None)
+        r = TrialResult.of(trial.last_result)
+        self._write(trial, "complete" if r.stage == 2 else "stopped", r, None)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._write(trial, "failed", trial.last_result or {}, _error_text(self._run, trial))
+        r = TrialResult.of(trial.last_result)
+        self._write(trial, "failed", r, _error_text(self._run, trial))
 
-    def _write(self, trial: Any, state: str, r: dict, error: str | None) -> None:
+    def _write(self, trial: Any, state: str, r: TrialResult, error: str | None) -> None:
         from compress.search.trial import RESERVED
 
         number = int(trial.config["number"])
-        params = {k: v for k, v in trial.config.items() if k not in RESERVED}
         wall = time.perf_counter() - self._started.get(trial.trial_id, time.perf_counter())
-        times = {k.removesuffix("_s"): float(v) for k, v in r.items() if k.endswith("_s")}
-        times["wall"] = wall
-        latency, quality = r.get("latency_ms"), r.get("quality")
-        low, high = r.get("speedup_low"), r.get("speedup_high")
-        scored = r.get("stage") in (1, 2)
         record = TrialRecord(
+            **r.model_dump(exclude={"number", "times"}),
             number=number,
             state=state,
-            stage=int(r.get("stage") or 0),
-            params=params,
+            params={k: v for k, v in trial.config.items() if k not in RESERVED},
             recipe=_recipe_name(self._run, number),
             transforms=_transforms(self._run, number),
-            latency_ms=latency,
-            reference_latency_ms=r.get("reference_latency_ms"),
-            speedup=r.get("speedup"),
-            speedup_ci=[low, high] if low is not None and high is not None else None,
-            parent_speedup=r.get("parent_speedup"),
-            parent_speedup_ci=r.get("parent_speedup_ci"),
-            quality=quality,
-            scores=r.get("scores") or {},
-            components_ms=r.get("components_ms") or {},
-            reference_components_ms=r.get("reference_components_ms") or {},
-            rungs=r.get("rungs") or [],
             stopped_at=(
-                {"prompts": r.get("prompts"), "training_fraction": r.get("training_fraction")}
-                if scored
+                {"prompts": r.prompts, "training_fraction": r.training_fraction}
+                if r.scored
                 else None
             ),
-            training=bool(r.get("training")),
-            cache=r.get("cache") or {},
-            constraints=self._limits.violations(latency, quality) if state != "failed" else {},
+            constraints=self._limits.violations(r.latency_ms, r.quality)
+            if state != "failed"
+            else {},
             error=error,
-            node=r.get("node"),
             ray_trial_id=trial.trial_id,
-            times=times,
-            duplicate_of=r.get("duplicate_of"),
+            times={**r.times, "wall": wall},
             origin=trial.config.get("origin"),
             why=trial.config.get("why"),
         )

@@ -29,7 +29,7 @@ from ray.tune.search import Searcher
 
 from compress.errors import CompressError
 from compress.search.allocation import Choice, Outcome, choose, gains
-from compress.search.ledger import TrialRecord
+from compress.search.ledger import TrialRecord, TrialResult
 from compress.search.levels import Levels
 
 if TYPE_CHECKING:
@@ -149,13 +149,12 @@ class TwoLevelSearch(Searcher):
         run = self._running.pop(trial_id, None)
         if run is None:
             return
-        result = result or {}
-        point = None if error else _point(result)
-        full = not error and result.get("stage") == 2
-        fraction = result.get("training_fraction")
-        scored = not error and result.get("stage") in (1, 2)
-        faster = (result.get("speedup_low") or 0) > 1.0
-        violations = self._limits.violations(result.get("latency_ms"), result.get("quality"))
+        r = TrialResult.of(result)
+        point = None if error else _point(r)
+        full = not error and r.stage == 2
+        scored = not error and r.scored
+        faster = (r.speedup_low or 0) > 1.0
+        violations = self._limits.violations(r.latency_ms, r.quality)
         feasible = not any(v > 0 for v in violations.values())
         self._tell(run.params, point, run.asked, violations)
         outcome = Outcome(
@@ -163,23 +162,22 @@ class TwoLevelSearch(Searcher):
             prefix=self._levels.prefix_key(run.params),
             point=point if full and faster and feasible else None,
             seconds=self._clock() - run.started,
-            training_s=sum(m.get("seconds", 0.0) for m in _misses(result)),
-            ready=scored and (fraction is None or fraction >= 1.0),
+            training_s=sum(m.get("seconds", 0.0) for m in r.cache.get("misses", [])),
+            ready=scored and (r.training_fraction is None or r.training_fraction >= 1.0),
         )
         self._history.append((outcome, run.params))
         if outcome.point is not None:
             self._finish(run.params, outcome.point)
         state = "failed" if error else ("complete" if full else "stopped")
-        low, high = result.get("speedup_low"), result.get("speedup_high")
         self._records.append(
             TrialRecord(
                 number=run.number,
                 state=state,
                 params=run.params,
-                speedup=result.get("speedup"),
-                speedup_ci=[low, high] if low is not None and high is not None else None,
-                quality=result.get("quality"),
-                training=bool(result.get("training")),
+                speedup=r.speedup,
+                speedup_ci=r.speedup_ci,
+                quality=r.quality,
+                training=r.training,
                 constraints=violations,
                 origin=run.origin,
             )
@@ -444,21 +442,16 @@ class TwoLevelSearch(Searcher):
         return None
 
 
-def _point(result: dict[str, Any]) -> tuple[float, float] | None:
-    latency, quality = result.get("relative_latency"), result.get("quality")
-    if latency is None or quality is None:
+def _point(r: TrialResult) -> tuple[float, float] | None:
+    if r.relative_latency is None or r.quality is None:
         return None
-    return (float(latency), float(quality))
+    return (float(r.relative_latency), float(r.quality))
 
 
 def _trained(stopped_at: dict[str, Any] | None) -> bool:
     """A stopped trial whose last score came after all of its training (or it trains nothing)."""
     fraction = (stopped_at or {}).get("training_fraction")
     return stopped_at is not None and (fraction is None or fraction >= 1.0)
-
-
-def _misses(result: dict[str, Any]) -> list[dict[str, Any]]:
-    return list((result.get("cache") or {}).get("misses", []))
 
 
 def _state(name: str) -> Any:

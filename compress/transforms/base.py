@@ -120,6 +120,22 @@ def spec_of(cfg: TransformConfig) -> TransformSpec:
     return registry()[cfg.kind]
 
 
+def check_replay(
+    kind: str, recorded: Metadata, got: Metadata, *, only_recorded: bool = False, why: str = ""
+) -> None:
+    """The one comparison of a replay with its record: raise RestoreMismatch naming each key whose
+    value differs (`only_recorded`: the keys the record holds; else those of either side)."""
+    from compress.errors import RestoreMismatch
+
+    keys = recorded if only_recorded else {*recorded, *got}
+    diff = sorted(k for k in keys if got.get(k) != recorded.get(k))
+    if diff:
+        raise RestoreMismatch(
+            f"{kind}: recorded {', '.join(f'{k}={recorded.get(k)!r}' for k in diff)} but this "
+            f"pipeline gives {', '.join(f'{k}={got.get(k)!r}' for k in diff)}{why}"
+        )
+
+
 def run_order(configs: list[TransformConfig]) -> list[int]:
     """Indices of `configs` in the order they run: by stage, then by the registry's `order`,
     then as listed."""

@@ -11,7 +11,7 @@ import torch
 from compress.context import RunContext
 from compress.errors import CompressError, RestoreMismatch
 from compress.models.tiny import build_tiny_pipeline
-from compress.transforms.quantize import QuantizeConfig, apply_quantize
+from compress.transforms.quantize.ptq import QuantizeConfig, apply_quantize
 
 PROMPTS = ["a red seven on a blue background", "a green two"]
 CALIBRATION = {"prompts": 2, "timesteps": 3, "steps": 4}
@@ -39,9 +39,9 @@ def test_mixed_formats_stay_close_shrink_and_reload_identically(tmp_path: Path) 
     from neural_compressor.torch.algorithms.weight_only.modules import INCWeightOnlyLinear
 
     from compress.apply import apply_recipe
-    from compress.backends.inc_static import StaticInt8Linear
-    from compress.models.artifact import load_artifact, save_artifact
+    from compress.artifact import load_artifact, save_artifact
     from compress.recipe import Recipe
+    from compress.transforms.quantize.backends.inc_static import StaticInt8Linear
 
     pipe = build_tiny_pipeline()
     ref = unet_out(pipe.unet)
@@ -64,7 +64,7 @@ def test_mixed_formats_stay_close_shrink_and_reload_identically(tmp_path: Path) 
 
 
 def test_gptq_beats_rtn_on_the_calibration_data() -> None:
-    from compress.quantize_calibration import Calibration, capture, replay
+    from compress.transforms.quantize._calibration import Calibration, capture, replay
 
     base = build_tiny_pipeline()
     calls = capture(base, Calibration(**CALIBRATION), PROMPTS)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from compress.backends import FORMATS
-from compress.backends.torchao import ao_config
+from compress.transforms.quantize.backends import FORMATS
+from compress.transforms.quantize.backends.torchao import ao_config
 
 TORCHAO = sorted(f for f, spec in FORMATS.items() if spec.backend == "torchao")
 

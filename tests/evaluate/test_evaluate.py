@@ -70,7 +70,7 @@ def test_settings_are_strict() -> None:
 
 
 def test_eval_command_writes_json_and_images(tiny_dir: Path, tmp_path: Path) -> None:
-    from compress.evaluate.commands import run_eval
+    from compress.commands.evaluate import run_eval
 
     console = Console(file=io.StringIO(), width=120)
     out = tmp_path / "eval.json"
@@ -114,7 +114,7 @@ def test_cli_error_is_one_line(tiny_dir: Path) -> None:
 
 
 def test_eval_fidelity_needs_a_reference(tiny_dir: Path) -> None:
-    from compress.evaluate.commands import run_eval
+    from compress.commands.evaluate import run_eval
 
     with pytest.raises(CompressError, match="--reference MODEL"):
         run_eval(

@@ -8,9 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from compress.evaluate.gpu_check import ARCHS, main, peak_tflops
-from compress.evaluate.gpu_report import PENDING
-from compress.evaluate.gpu_rows import rows_for
+from compress.bench.gpu_check import ARCHS, main, peak_tflops
+from compress.bench.gpu_report import PENDING
+from compress.bench.gpu_rows import rows_for
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPILED = {"compile", "int8 + compile", "combination"}
@@ -87,7 +87,7 @@ def test_peak_table() -> None:
 def test_budget_skips_a_compile_that_would_not_fit() -> None:
     import time
 
-    from compress.evaluate.gpu_check import Budget
+    from compress.bench.gpu_check import Budget
 
     now = time.perf_counter()
     assert Budget(now, None).allows(None, rounds_s=1e9) is None  # no budget: everything runs

@@ -93,7 +93,7 @@ def test_iqr() -> None:
 
 
 def test_bench_json_contents(tiny_dir: Path, tmp_path: Path) -> None:
-    from compress.evaluate.commands import run_bench
+    from compress.commands.evaluate import run_bench
 
     out = tmp_path / "bench.json"
     console = Console(file=io.StringIO(), width=120)
@@ -121,7 +121,7 @@ def test_bench_json_contents(tiny_dir: Path, tmp_path: Path) -> None:
 
 
 def test_bad_settings_name_the_flag() -> None:
-    from compress.evaluate.commands import make_settings
+    from compress.commands.evaluate import make_settings
 
     with pytest.raises(CompressError, match="--runs"):
         make_settings(timed_runs=0)
@@ -143,13 +143,13 @@ def test_cuda_events_memory_and_compile(tiny_pipe) -> None:
 
 
 def test_baselines_table_lists_every_case(tiny_pipe) -> None:
-    from compress.evaluate.baselines import COLUMNS, markdown
+    from compress.bench.baselines import COLUMNS, markdown
 
     plain = measure_latency(tiny_pipe, EvalSettings(**FAST, timed_runs=2))
     compiled = plain.model_copy(
         update={"compile_ms": 61_500.0, "settings": {**plain.settings, "compile": True}}
     )
-    text = markdown([("sd15", plain), ("sd15", compiled)], "python -m compress.evaluate.baselines")
+    text = markdown([("sd15", plain), ("sd15", compiled)], "python -m compress.bench.baselines")
     rows = [line for line in text.splitlines() if line.startswith("| sd15 |")]
     assert len(rows) == 2 and "| no |" in rows[0] and "| yes |" in rows[1]
     assert "61.5" in rows[1] and f"{plain.median_ms:.1f} ± {plain.spread_ms:.1f}" in rows[0]
@@ -158,7 +158,7 @@ def test_baselines_table_lists_every_case(tiny_pipe) -> None:
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA error")
 def test_cuda_requested_without_cuda_is_one_clear_error(tmp_path: Path) -> None:
-    from compress.evaluate.commands import run_bench
+    from compress.commands.evaluate import run_bench
 
     with pytest.raises(CompressError, match="CUDA is not available"):
         run_bench(
@@ -173,7 +173,7 @@ def test_cuda_requested_without_cuda_is_one_clear_error(tmp_path: Path) -> None:
 
 @pytest.mark.gpu
 def test_gpu_baselines_script(tmp_path: Path) -> None:
-    from compress.evaluate.baselines import main
+    from compress.bench.baselines import main
 
     out = tmp_path / "gpu-baselines.md"
     main(["--device", "cuda", "--runs", "2", "--out", str(out)])

@@ -50,7 +50,7 @@ def test_evaluate_miniature_scores_more_steps_higher() -> None:
 
 @needs_weights
 def test_bench_and_eval_commands_on_miniature(tmp_path: Path) -> None:
-    from compress.evaluate.commands import run_bench, run_eval
+    from compress.commands.evaluate import run_bench, run_eval
 
     console = Console(file=io.StringIO(), width=120)
     run_bench(

@@ -17,7 +17,7 @@ from compress.models.tiny import (
     build_tiny_sd3_pipeline,
 )
 from compress.recipe import Recipe
-from compress.transforms.sampler import SamplerConfig
+from compress.transforms.runtime.sampler import SamplerConfig
 
 BUILDERS = {
     "pixart": (build_tiny_pixart_pipeline, "PixArtSigmaPipeline", "epsilon"),

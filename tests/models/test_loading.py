@@ -11,7 +11,7 @@ from compress.errors import CompressError, FingerprintMismatch
 from compress.models.fingerprint import fingerprint
 from compress.models.loading import load_pipeline, resolve
 from compress.recipe import Recipe
-from compress.transforms.sampler import SamplerConfig
+from compress.transforms.runtime.sampler import SamplerConfig
 
 
 def test_load_local_sd_folder(tiny_dir: Path) -> None:

@@ -7,6 +7,7 @@ import io
 import pytest
 
 from compress.errors import CompressError
+from compress.evaluate.settings import EvalSettings
 from compress.search.config import parse_duration
 from compress.search.ledger import TrialRecord
 from compress.search.runner import check_data
@@ -25,8 +26,8 @@ def test_training_data_is_checked_before_launch_and_named_on_a_node(tmp_path):
     with pytest.raises(CompressError, match="holds no prompts"):
         check_data(None, str(empty))
     job = TrialJob(
-        run="r", run_id="r", model="m", space={}, space_source="s", settings={},
-        baseline_settings={}, stage_prompts=None, data=str(tmp_path / "gone"),
+        run="r", run_id="r", model="m", space={}, space_source="s", settings=EvalSettings(),
+        baseline_settings=EvalSettings(), stage_prompts=None, data=str(tmp_path / "gone"),
         prompts_file=str(tmp_path / "gone.txt"),
     )  # fmt: skip
     with pytest.raises(TrialFailed, match=f"{tmp_path / 'gone'} is not readable on this node"):

@@ -69,9 +69,9 @@ def test_one_tuner_runs_the_whole_search_from_the_start_points(tmp_path, monkeyp
 
     calls: list[tuple[int, list]] = []
 
-    def tune(cfg, space, run, records, remaining, *rest):
-        calls.append((remaining, rest[-3]))
-        write_record(run, _record(0, rest[-3][0][0], 4.4))  # one finished, then Ctrl-C
+    def tune(cfg, space, session, **options):
+        calls.append((session.remaining, session.queue))
+        write_record(session.run, _record(0, session.queue[0][0], 4.4))  # one finished, Ctrl-C
 
     _offline(monkeypatch, tune)
     cfg, space = resolve_config("miniature", out=str(tmp_path / "run"), trials=12)
@@ -90,8 +90,7 @@ def _result(speedup, training=False):
         "relative_latency": 1 / speedup,
         "quality": 0.6,
         "speedup": speedup,
-        "speedup_low": speedup * 0.9,
-        "speedup_high": speedup * 1.1,
+        "speedup_ci": [speedup * 0.9, speedup * 1.1],
         "training": training,
         "training_fraction": 1.0 if training else None,
     }

@@ -75,7 +75,6 @@ def test_export_takes_the_trained_prefix_from_the_cache_and_reproduces_the_image
 ):
     import compress
     import compress.train as train
-    from compress.evaluate import EvalSettings
     from compress.evaluate.run import generate_images
     from compress.search.config import resume_config
     from compress.search.staging import metric_for
@@ -94,7 +93,7 @@ def test_export_takes_the_trained_prefix_from_the_cache_and_reproduces_the_image
     # the artifact reloads to the same images, with the trial's recipe, records and scores
     loaded = compress.load(str(done.folder))
     cfg, _ = resume_config(run)
-    settings = EvalSettings(**cfg.eval_settings())
+    settings = cfg.eval_settings()
     prompts, seeds = metric_for(settings, {}).prompts(2)
     again = generate_images(loaded, prompts, seeds, settings)
     again = np.stack([np.asarray(i) for i in again])

@@ -31,7 +31,7 @@ RECIPE = Recipe(
 
 
 def _builder(tiny_dir, cache, trial: int) -> Builder:
-    from compress.models.artifact import load_artifact
+    from compress.artifact import load_artifact
     from compress.models.loading import load_pipeline
 
     def load(folder=None):

@@ -6,7 +6,7 @@ import pytest
 
 from compress.search.space import load_space
 from compress.search.space_file import SpaceError
-from compress.transforms.sensitivity import BASELINE, Row, write_table
+from compress.transforms.quantize.sensitivity import BASELINE, Row, write_table
 
 SPACE = """
 name: narrowed

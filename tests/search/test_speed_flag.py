@@ -9,7 +9,7 @@ from compress.errors import CompressError
 from compress.recipe import Recipe, Scores
 from compress.search.ledger import TrialRecord
 from compress.search.speed import flag_scores, parent_transforms
-from compress.transforms.quantize import NOT_FASTER
+from compress.transforms.quantize.ptq import NOT_FASTER
 
 QUANT = {"kind": "quantize", "rules": [{"match": "mid_block", "format": "int8_weight_only"}]}
 SAMPLER = {"kind": "sampler", "steps": 2}
@@ -30,7 +30,7 @@ def test_flag_follows_the_paired_interval_against_the_parent() -> None:
     assert NOT_FASTER in flag_scores(within_noise).flags
     assert flag_scores(faster).flags == ["x"]
     assert flag_scores(Scores()).flags == []  # nothing quantized: no parent, no claim
-    from compress.transforms.quantize import flag_if_not_faster
+    from compress.transforms.quantize.ptq import flag_if_not_faster
 
     with pytest.raises(CompressError, match="paired speed-up over its parent"):
         flag_if_not_faster(Scores())

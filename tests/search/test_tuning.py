@@ -39,7 +39,7 @@ def rung(fraction, rel, quality, low=1.5, latency=10.0, stage=1):
         "training_fraction": fraction,
         "relative_latency": rel,
         "quality": quality,
-        "speedup_low": low,
+        "speedup_ci": [low, low + 1.0] if low is not None else None,
         "latency_ms": latency,
     }
 

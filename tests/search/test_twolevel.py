@@ -148,7 +148,7 @@ def result(latency, quality, low=1.5, training=0.0, fraction=None, stage=2):
         "stage": stage,
         "relative_latency": latency,
         "quality": quality,
-        "speedup_low": low,
+        "speedup_ci": [low, low + 1.0] if low is not None else None,
         "latency_ms": 10 * latency,
         "training_fraction": fraction,
         "cache": {"misses": [{"seconds": training}] if training else []},

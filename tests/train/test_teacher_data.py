@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from compress.context import RunContext
+from compress.evaluate.settings import EvalSettings
 from compress.train import teacher_data
 from compress.train.data import build_dataset
 
@@ -88,8 +89,8 @@ def test_a_search_trial_gets_the_shared_store(tmp_path):
         model="m",
         space={},
         space_source="s",
-        settings={},
-        baseline_settings={},
+        settings=EvalSettings(),
+        baseline_settings=EvalSettings(),
         stage_prompts=None,
         cache_dir=str(tmp_path / "cache"),
         weights="ab" * 32,

@@ -13,10 +13,10 @@ from pydantic import ValidationError
 
 import compress
 from compress.apply import apply_recipe, restore
+from compress.artifact import save_artifact
 from compress.context import RunContext
 from compress.errors import CompressError
 from compress.generate import generate
-from compress.models.artifact import save_artifact
 from compress.models.tiny import (
     SD_SCHEDULE,
     WORDS,
@@ -25,14 +25,14 @@ from compress.models.tiny import (
     build_tiny_sdxl_pipeline,
 )
 from compress.models.tokenizer import build_word_tokenizer
+from compress.models.unet import example_inputs
 from compress.recipe import Recipe, load_recipe
-from compress.transforms import _deepcache as dc
-from compress.transforms._unet import example_inputs
-from compress.transforms.cache import CacheConfig, apply_cache, cache_stats, remove_cache
-from compress.transforms.distill_guidance import DistillGuidanceConfig
-from compress.transforms.prune_blocks import PruneBlocksConfig, apply_prune_blocks
-from compress.transforms.quantize import QuantizeConfig
-from compress.transforms.sampler import SamplerConfig
+from compress.transforms.distill.guidance import DistillGuidanceConfig
+from compress.transforms.prune.blocks import PruneBlocksConfig, apply_prune_blocks
+from compress.transforms.quantize.ptq import QuantizeConfig
+from compress.transforms.runtime import _deepcache as dc
+from compress.transforms.runtime.cache import CacheConfig, apply_cache, cache_stats, remove_cache
+from compress.transforms.runtime.sampler import SamplerConfig
 
 PROMPTS = ["a red seven on a blue background", "a green digit two"]
 
@@ -396,7 +396,7 @@ def test_preset_applies_to_unseen_pipelines_and_reloads(build, tmp_path: Path) -
 
 
 def test_gpu_check_deepcache_row_fits_the_published_architecture() -> None:
-    from compress.evaluate.gpu_rows import Target, baseline, deepcache
+    from compress.bench.gpu_rows import Target, baseline, deepcache
     from compress.models.archs import build_arch_pipeline
     from compress.recipe import Recipe
 

@@ -11,16 +11,16 @@ import torch
 
 import compress
 from compress.apply import apply_recipe
+from compress.artifact import save_artifact
 from compress.context import RunContext
 from compress.errors import CompressError, RecipeError
 from compress.evaluate import EvalSettings, measure_latency
 from compress.generate import generate
-from compress.models.artifact import save_artifact
 from compress.models.runtime import is_compiled
 from compress.models.tiny import build_tiny_pipeline, build_tiny_sdxl_pipeline
 from compress.recipe import Recipe, parse_recipe
 from compress.search.speed import parent_transforms
-from compress.transforms.compile import CompileConfig, apply_compile
+from compress.transforms.runtime.compile import CompileConfig, apply_compile
 
 PROMPTS = ["a red seven on a blue background", "a green digit two"]
 

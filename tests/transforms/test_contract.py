@@ -16,21 +16,21 @@ import pytest
 from unseen_pipelines import build_unseen_pixart_pipeline, build_unseen_unet_pipeline
 
 from compress.apply import apply_recipe, restore
+from compress.artifact import load_artifact, save_artifact
 from compress.context import RunContext
 from compress.generate import call_defaults, generate, set_call_defaults
-from compress.models.artifact import load_artifact, save_artifact
 from compress.recipe import Recipe, load_recipe
 from compress.transforms.base import Stage, TransformConfig, config_adapter, registry
-from compress.transforms.cache import CacheConfig
-from compress.transforms.compile import CompileConfig
-from compress.transforms.distill import DistillConfig
-from compress.transforms.distill_guidance import DistillGuidanceConfig
-from compress.transforms.distill_steps import DistillStepsConfig
-from compress.transforms.prune_blocks import PruneBlocksConfig
-from compress.transforms.prune_channels import PruneChannelsConfig
-from compress.transforms.qat import QATConfig
-from compress.transforms.quantize import QuantizeConfig
-from compress.transforms.sampler import SamplerConfig
+from compress.transforms.distill.guidance import DistillGuidanceConfig
+from compress.transforms.distill.recovery import DistillConfig
+from compress.transforms.distill.steps import DistillStepsConfig
+from compress.transforms.prune.blocks import PruneBlocksConfig
+from compress.transforms.prune.channels import PruneChannelsConfig
+from compress.transforms.quantize.ptq import QuantizeConfig
+from compress.transforms.quantize.qat import QATConfig
+from compress.transforms.runtime.cache import CacheConfig
+from compress.transforms.runtime.compile import CompileConfig
+from compress.transforms.runtime.sampler import SamplerConfig
 
 PROMPTS = ["a red seven on a blue background", "a green digit two"]
 SEEDS = [0, 1]
@@ -236,7 +236,7 @@ def test_runtime_pairs_load_as_applied_in_either_order(
 def test_a_cache_listed_before_its_sampler_loads_on_the_samplers_steps(tmp_path: Path) -> None:
     """The recipe of the report: DeepCache (interval 3) then a 20-step sampler. The cache records
     the full steps of the call that runs (20 steps), and the artifact loads with it."""
-    from compress.transforms.cache import cache_stats
+    from compress.transforms.runtime.cache import cache_stats
 
     pipe = FAMILIES["unet"][0]()
     cfgs = [CacheConfig(interval=3), SamplerConfig(scheduler="dpmsolver++", steps=20)]

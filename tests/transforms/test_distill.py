@@ -14,9 +14,9 @@ from compress.context import RunContext
 from compress.errors import CompressError, RecipeError
 from compress.models.tiny import build_tiny_pipeline
 from compress.recipe import Recipe, parse_recipe
-from compress.transforms.distill import DistillConfig, apply_distill
-from compress.transforms.prune_blocks import PruneBlocksConfig
-from compress.transforms.prune_channels import PruneChannelsConfig
+from compress.transforms.distill.recovery import DistillConfig, apply_distill
+from compress.transforms.prune.blocks import PruneBlocksConfig
+from compress.transforms.prune.channels import PruneChannelsConfig
 
 PROMPTS = ["a red digit seven", "the blue digit two", "a green one", "an eight"]
 FAST = {"steps": 2, "batch_size": 2, "samples": 2, "teacher_steps": 2}

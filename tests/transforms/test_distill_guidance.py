@@ -10,16 +10,16 @@ import pytest
 import torch
 
 from compress.apply import apply_recipe
+from compress.artifact import load_artifact, save_artifact
 from compress.context import RunContext
 from compress.errors import CompressError, RecipeError
 from compress.generate import generate
-from compress.models.artifact import load_artifact, save_artifact
 from compress.models.tiny import build_tiny_pipeline
 from compress.recipe import Recipe, parse_recipe
 from compress.train.diffusion import encode_prompts, noisy, predict, training_scheduler
-from compress.transforms._student import add_guidance_embedding, guidance_inputs, guided
-from compress.transforms.distill_guidance import DistillGuidanceConfig, apply_distill_guidance
-from compress.transforms.prune_channels import PruneChannelsConfig
+from compress.transforms.distill._student import add_guidance_embedding, guidance_inputs, guided
+from compress.transforms.distill.guidance import DistillGuidanceConfig, apply_distill_guidance
+from compress.transforms.prune.channels import PruneChannelsConfig
 
 PROMPTS = ["a red digit seven", "the blue digit two", "a green one", "an eight"]
 

@@ -10,15 +10,15 @@ import pytest
 import torch
 
 from compress.apply import apply_recipe
+from compress.artifact import load_artifact, save_artifact
 from compress.context import RunContext
 from compress.errors import CompressError, RecipeError
 from compress.generate import call_defaults, generate
-from compress.models.artifact import load_artifact, save_artifact
 from compress.models.tiny import build_tiny_pipeline
 from compress.recipe import Recipe, parse_recipe
-from compress.transforms.distill_steps import DistillStepsConfig, apply_distill_steps
-from compress.transforms.prune_blocks import PruneBlocksConfig
-from compress.transforms.quantize import QuantizeConfig
+from compress.transforms.distill.steps import DistillStepsConfig, apply_distill_steps
+from compress.transforms.prune.blocks import PruneBlocksConfig
+from compress.transforms.quantize.ptq import QuantizeConfig
 
 PROMPTS = ["a red digit seven", "the blue digit two", "a green one", "an eight"]
 FAST = {"batch_size": 2, "samples": 2, "teacher_steps": 1}

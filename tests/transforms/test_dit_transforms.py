@@ -21,12 +21,12 @@ from compress.models.tiny import (
     build_tiny_sd3_pipeline,
 )
 from compress.recipe import Recipe, parse_recipe
-from compress.transforms.distill_guidance import DistillGuidanceConfig
-from compress.transforms.distill_steps import DistillStepsConfig
-from compress.transforms.prune_blocks import PruneBlocksConfig
-from compress.transforms.prune_channels import PruneChannelsConfig
-from compress.transforms.quantize import QuantizeConfig, resolve
-from compress.transforms.sampler import SamplerConfig
+from compress.transforms.distill.guidance import DistillGuidanceConfig
+from compress.transforms.distill.steps import DistillStepsConfig
+from compress.transforms.prune.blocks import PruneBlocksConfig
+from compress.transforms.prune.channels import PruneChannelsConfig
+from compress.transforms.quantize.ptq import QuantizeConfig, resolve
+from compress.transforms.runtime.sampler import SamplerConfig
 
 PROMPTS = ["a red digit seven", "the blue digit two", "a green one", "an eight"]
 
@@ -218,7 +218,7 @@ def test_guidance_embedding_on_a_flow_transformer_takes_one_call_per_step() -> N
     """The added embedding starts at zero (the conditional prediction) and learns the guided
     one; the pipeline then samples with one transformer call per step at SD3's default scale."""
     from compress.train.diffusion import encode_prompts, noisy, predict, training_scheduler
-    from compress.transforms._student import guidance_inputs, guided
+    from compress.transforms.distill._student import guidance_inputs, guided
 
     pipe = build_tiny_sd3_pipeline()
     teacher = copy.deepcopy(pipe)

@@ -11,9 +11,9 @@ from compress.apply import apply_recipe, restore
 from compress.context import RunContext
 from compress.errors import CompressError, RecipeError
 from compress.models.tiny import build_tiny_pipeline, build_tiny_sdxl_pipeline
+from compress.models.unet import count_params, example_inputs, feature_pairs, forward
 from compress.recipe import Recipe, parse_recipe
-from compress.transforms._unet import count_params, example_inputs, feature_pairs, forward
-from compress.transforms.prune_blocks import PruneBlocksConfig, apply_prune_blocks
+from compress.transforms.prune.blocks import PruneBlocksConfig, apply_prune_blocks
 
 CONFIGS = [
     PruneBlocksConfig(preset="base"),

@@ -9,19 +9,19 @@ import torch
 import yaml
 
 from compress.apply import apply_recipe, restore
+from compress.artifact import load_artifact, save_artifact
 from compress.context import RunContext
 from compress.errors import CompressError, RecipeError, RestoreMismatch
-from compress.models.artifact import load_artifact, save_artifact
 from compress.models.tiny import build_tiny_pipeline, build_tiny_sdxl_pipeline
-from compress.recipe import Recipe, parse_recipe
-from compress.transforms._unet import (
+from compress.models.unet import (
     count_params,
     example_inputs,
     feature_channels,
     forward,
 )
-from compress.transforms.prune_blocks import PruneBlocksConfig, apply_prune_blocks
-from compress.transforms.prune_channels import PruneChannelsConfig, apply_prune_channels
+from compress.recipe import Recipe, parse_recipe
+from compress.transforms.prune.blocks import PruneBlocksConfig, apply_prune_blocks
+from compress.transforms.prune.channels import PruneChannelsConfig, apply_prune_channels
 
 PROMPTS = ["a red digit seven", "the blue digit two", "a green one", "an eight"]
 

@@ -12,7 +12,7 @@ from compress.errors import CompressError
 from compress.models.tiny import build_tiny_pipeline
 from compress.recipe import load_recipe
 from compress.search.space import load_space
-from compress.transforms.prune_blocks import apply_prune_blocks
+from compress.transforms.prune.blocks import apply_prune_blocks
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 

@@ -8,7 +8,7 @@ import torch
 from compress.context import RunContext
 from compress.errors import CompressError
 from compress.models.tiny import build_tiny_pipeline
-from compress.transforms.qat import QATConfig, apply_qat
+from compress.transforms.quantize.qat import QATConfig, apply_qat
 
 PROMPTS = ["a red seven on a blue background", "a green digit two"]
 LAYER = "down_blocks.0.attentions.0.transformer_blocks.0.ff.net.2"

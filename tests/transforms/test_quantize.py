@@ -10,7 +10,7 @@ import torch
 from compress.context import RunContext
 from compress.errors import CompressError
 from compress.models.tiny import build_tiny_pipeline
-from compress.transforms.quantize import QuantizeConfig, apply_quantize, linear_layers, resolve
+from compress.transforms.quantize.ptq import QuantizeConfig, apply_quantize, linear_layers, resolve
 
 
 def q(*rules: tuple[str, str], **kw) -> QuantizeConfig:
@@ -153,10 +153,10 @@ def test_quantize_after_channel_pruning_saves_and_reloads(tmp_path: Path) -> Non
     import numpy as np
 
     from compress.apply import apply_recipe
+    from compress.artifact import load_artifact, save_artifact
     from compress.generate import generate
-    from compress.models.artifact import load_artifact, save_artifact
     from compress.recipe import Recipe
-    from compress.transforms.prune_channels import PruneChannelsConfig
+    from compress.transforms.prune.channels import PruneChannelsConfig
 
     def images(p) -> np.ndarray:
         return np.stack(

@@ -10,7 +10,7 @@ import pytest
 
 from compress.errors import CompressError
 from compress.models.tiny import build_tiny_pipeline
-from compress.transforms.sensitivity import (
+from compress.transforms.quantize.sensitivity import (
     BASELINE,
     allowed_formats,
     blocks,

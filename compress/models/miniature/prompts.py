@@ -60,5 +60,5 @@ EVAL_PROMPTS: list[str] = [
 ]
 EVAL_SEEDS: list[int] = [1000 + i for i in range(len(EVAL_PROMPTS))]
 
-DEFAULT_SCHEDULER = "dpmsolver++"  # a key of compress.transforms.sampler.SCHEDULERS
+DEFAULT_SCHEDULER = "dpmsolver++"  # a key of compress.transforms.runtime.sampler.SCHEDULERS
 DEFAULT_CALL: dict[str, float | int] = {"num_inference_steps": 20, "guidance_scale": 4.0}
