@@ -10,7 +10,9 @@ from typing import TYPE_CHECKING, Any
 
 from compress.apply import restore
 from compress.errors import CompressError
-from compress.generate import set_call_defaults
+from compress.fs import write_atomic
+from compress.generate import call_defaults, set_call_defaults
+from compress.model_card import CARD_FILE, card_text
 from compress.recipe import Recipe, load_recipe, save_recipe
 from compress.transforms.base import spec_of
 
@@ -37,6 +39,8 @@ def save_artifact(
     try:
         pipe.save_pretrained(tmp, safe_serialization=True)
         save_recipe(recipe, tmp / RECIPE_FILE)
+        notes = loading_notes(recipe, out, call_defaults(pipe))
+        write_atomic(tmp / CARD_FILE, card_text(recipe, notes))
         if out.exists():
             old = out.with_name(f".{out.name}.old")
             os.replace(out, old)

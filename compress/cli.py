@@ -420,6 +420,20 @@ def export(
 
 
 @app.command()
+def push(
+    folder: Annotated[Path, typer.Argument(help="An artifact folder (compress apply / export).")],
+    repo: Annotated[str, typer.Argument(help="Hub model repository, OWNER/NAME.")],
+    private: Annotated[bool, _Opt(help="Create the repository private.")] = False,
+) -> None:
+    """Upload an artifact, with its model card, to the Hugging Face Hub."""
+    from compress.model_card import push as push_folder
+
+    with console.status(f"pushing {folder} to {repo}"):
+        url = push_folder(folder, repo, private=private)
+    console.print(f"[green]pushed[/green] {folder} -> {url}")
+
+
+@app.command()
 def report(
     run: Annotated[Path, typer.Argument(help="A search run folder.")],
     out: Annotated[Path | None, _Opt(help="HTML file (default: RUN/report.html).")] = None,

@@ -12,8 +12,8 @@ import numpy as np
 PRESET = Path("recipes/dpmsolver-fast.yaml")
 
 
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "COLUMNS": "200"}
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**(os.environ if env is None else env), "COLUMNS": "200"}
     return subprocess.run(
         [sys.executable, "-m", "compress", *args],
         capture_output=True,
@@ -135,3 +135,31 @@ def test_shipped_spaces_and_recipes_from_any_folder_and_dry_run(tmp_path, monkey
     assert runner.invoke(app, ["recipe", "validate", "dpmsolver-fast"]).exit_code == 0
     missing = runner.invoke(app, ["search", "--space", "nope", "--dry-run"])
     assert missing.exit_code != 0 and "miniature-sampler" in str(missing.exception)
+
+
+def test_an_artifact_carries_a_model_card_the_hub_parses(tmp_path: Path) -> None:
+    from huggingface_hub import ModelCard
+
+    out = tmp_path / "art"
+    res = cli("apply", str(PRESET), "--model", "miniature", "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    card = ModelCard.load(out / "README.md")
+    assert card.data.library_name == "diffusers" and "compress" in card.data.tags
+    assert "sampler" in card.data.tags  # the preset's transform kinds are tags
+    assert "compress.load(" in card.text and "plain diffusers" in card.text
+    assert "## Recipe" in card.text and "`sampler`" in card.text
+
+
+def test_push_names_what_is_missing_and_an_unreachable_hub(tmp_path: Path) -> None:
+    out = tmp_path / "art"
+    assert cli("apply", str(PRESET), "--model", "miniature", "--out", str(out)).returncode == 0
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env["HF_HOME"] = str(tmp_path / "hf")  # no stored token
+    res = cli("push", str(out), "me/mini", env=env)
+    assert res.returncode == 1 and "no Hugging Face token" in res.stderr
+    res = cli("push", str(tmp_path), "me/mini", env=env)
+    assert res.returncode == 1 and "not an artifact" in res.stderr
+    offline = {**env, "HF_TOKEN": "hf_test", "HF_HUB_OFFLINE": "1"}
+    res = cli("push", str(out), "me/mini", env=offline)
+    assert res.returncode == 1 and "cannot reach the Hugging Face Hub" in res.stderr
+    assert (out / "recipe.yaml").is_file()  # the artifact is untouched

@@ -139,6 +139,7 @@ def simulated_trial(
     kinds |= {
         spec["knobs"][k]["sets"].split(".")[0] for k in params if spec["knobs"][k].get("sets")
     }
+    _write_recipe(job, params, number)  # as the real trial does: the front's recipes need it
     training = sorted(kinds & set(costs.training))
     trains = bool(training)
     prefix = {k: params[k] for k in costs.prefix_knobs if k in params}
@@ -169,6 +170,20 @@ def simulated_trial(
     rung = 1.0 if trains else None
     used = hits if cached else []
     tune.report(_result(2, rung, latency, quality, busy, trains, used, misses))
+
+
+def _write_recipe(job: Any, params: dict[str, Any], number: int) -> None:
+    from optuna.trial import FixedTrial
+
+    from compress.recipe import save_recipe
+    from compress.search.ledger import trial_dir
+    from compress.search.space import SearchSpace
+    from compress.search.space_file import SpaceFile
+
+    space = SearchSpace(SpaceFile.model_validate(job.space), job.space_source)
+    save_recipe(
+        space.suggest(FixedTrial(params, number)), trial_dir(Path(job.run), number) / "recipe.yaml"
+    )
 
 
 def _result(

@@ -197,7 +197,11 @@ class TwoLevelSearch(Searcher):
             return
         compose, self._compose = self._compose, None
         seen = [p for p, _ in self._queue] + [r.params for r in self._running.values()]
-        queued = [p for p in compose(self._records) if p not in seen]
+        # the start points' unions only: on a cluster, the sampler's trials that finished while
+        # the start points trained would otherwise be paired too (quadratically many)
+        starts = [r for r in self._records if r.origin == "start"]
+        seen += [r.params for r in self._records]
+        queued = [p for p in compose(starts) if p not in seen]
         self._queue.extend((p, "composition") for p in queued)
         # compositions before finishing: a composition may itself be the one worth compiling
         self._queue.sort(key=lambda item: item[1] == "finish")
