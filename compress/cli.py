@@ -81,6 +81,11 @@ def apply(
         Path | None,
         typer.Option(help="Share teacher-drawn training data in this folder (a search's cache)."),
     ] = None,
+    lora: Annotated[
+        Path | None,
+        typer.Option(help="A LoRA (.safetensors) to fuse into the model before the transforms."),
+    ] = None,
+    lora_scale: Annotated[float, typer.Option(help="The fused LoRA's weight.")] = 1.0,
 ) -> None:
     """Apply RECIPE to a checkpoint and save the result as a loadable folder."""
     from compress.errors import CompressError
@@ -93,6 +98,8 @@ def apply(
         raise CompressError(f"--data {data} is not a folder of images with captions")
     if prompts is not None and not prompts.is_file():
         raise CompressError(f"--prompts {prompts} does not exist")
+    if lora is not None and not lora.exists():
+        raise CompressError(f"--lora {lora} does not exist; give a LoRA .safetensors file")
     lines = [p.strip() for p in prompts.read_text().splitlines()] if prompts else []
     rank = os.environ.get("LOCAL_RANK")  # under `accelerate launch`: one GPU per process
     if rank is not None and device == "cuda":
@@ -105,8 +112,14 @@ def apply(
 
     with console.status(f"loading {model}"):
         pipe = load_pipeline(model, device=device, dtype=dtype)
-    console.print(f"applying {parsed.name} ({len(parsed.transforms)} transforms)")
+    from compress.lora import fuse_lora, with_lora
     from compress.models.loading import weights_digest
+
+    fused = None
+    if lora is not None:
+        with console.status(f"fusing {lora} into {model}"):
+            fused = fuse_lora(pipe, lora, lora_scale)  # the transforms compress it with the model
+    console.print(f"applying {parsed.name} ({len(parsed.transforms)} transforms)")
 
     ctx = RunContext(
         device=device,
@@ -114,10 +127,11 @@ def apply(
         prompts=[p for p in lines if p],
         out_dir=work_dir,
         data_cache=cache / "data" if cache else None,
-        teacher_digest=weights_digest(model) if cache else None,
+        teacher_digest=with_lora(weights_digest(model), fused) if cache else None,
     )
     applied = apply_recipe(pipe, parsed, ctx)  # training transforms show their own progress
-    applied.provenance = applied.provenance.model_copy(update={"source_model": model})
+    update = {"source_model": model, "fused_lora": fused}
+    applied.provenance = applied.provenance.model_copy(update=update)
     if os.environ.get("RANK", "0") != "0":  # every process trained the same model; one writes
         return
     with console.status(f"saving to {out}"):
@@ -309,6 +323,9 @@ def search(
         float | None, _Opt(help="Slower candidates are infeasible (ms).")
     ] = None,
     min_quality: Annotated[float | None, _Opt(help="Worse candidates are infeasible.")] = None,
+    max_memory: Annotated[
+        float | None, _Opt(help="Candidates whose sampling peaks above this are infeasible (MiB).")
+    ] = None,
     sampler: Annotated[str | None, _Opt(help="Optuna sampler: nsga2 or tpe.")] = None,
     max_concurrent: Annotated[int | None, _Opt(help="Trials running at once.")] = None,
     staged: Annotated[bool, _Opt(help="Score on a prompt subset first.")] = True,
@@ -326,6 +343,16 @@ def search(
     ] = None,
     prompts: Annotated[
         Path | None, _Opt(help="Prompts file (one per line) the teacher draws training images of.")
+    ] = None,
+    track: Annotated[
+        list[str] | None,
+        _Opt(
+            metavar="<name>",
+            help="Log trials to mlflow, tensorboard or wandb (repeat, or comma-separated).",
+        ),
+    ] = None,
+    track_uri: Annotated[
+        str | None, _Opt(help="MLflow tracking URI (default MLFLOW_TRACKING_URI, else RUN/mlflow).")
     ] = None,
     dry_run: Annotated[
         bool, _Opt("--dry-run", help="Validate the space and show samples; load no model.")
@@ -379,6 +406,7 @@ def search(
         target_gpu=target_gpu,
         max_latency=max_latency,
         min_quality=min_quality,
+        max_memory=max_memory,
         sampler=sampler,
         max_concurrent=max_concurrent,
         staged=None if staged else False,
@@ -388,6 +416,8 @@ def search(
         cache=cache,
         data=str(data) if data else None,
         prompts=str(prompts) if prompts else None,
+        track=track or None,
+        track_uri=track_uri,
     )
 
 

@@ -39,11 +39,15 @@ def card_text(recipe: Recipe, notes: list[str]) -> str:
         "",
         recipe.description or f"{source or 'A diffusion pipeline'} compressed by compress.",
         "",
-        "## Recipe",
-        "",
-        "| # | transform | settings |",
-        "|---|---|---|",
     ]
+    lora = recipe.provenance.fused_lora
+    if lora is not None:
+        lines += [
+            f"The LoRA `{lora.file}` (sha256 `{lora.sha256}`) was fused into the base weights at "
+            f"scale {lora.scale} before the transforms: it is part of this model.",
+            "",
+        ]
+    lines += ["## Recipe", "", "| # | transform | settings |", "|---|---|---|"]
     for i, t in enumerate(recipe.transforms):
         fields = t.model_dump(exclude={"kind"}, exclude_defaults=True, mode="json")
         text = ", ".join(f"{k}={v}" for k, v in fields.items()) or "defaults"

@@ -31,9 +31,18 @@ class Record(_Strict):
     metadata: Metadata = Field(default_factory=dict)
 
 
+class FusedLora(_Strict):
+    """A LoRA fused into the base model's weights before the transforms ran (`--lora`)."""
+
+    file: str
+    sha256: str
+    scale: float = 1.0
+
+
 class Provenance(_Strict):
     created: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     source_model: str | None = None
+    fused_lora: FusedLora | None = None
     run_id: str | None = None
     trial_id: str | None = None
     versions: dict[str, str] = Field(default_factory=dict)

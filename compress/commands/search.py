@@ -53,7 +53,13 @@ def _print_summary(
 
     base = s["baseline"]
     table = Table(
-        "recipe", "speed-up [95% CI]", "quality", "transforms", title="Pareto front (paired)"
+        "recipe",
+        "speed-up [95% CI]",
+        "quality",
+        "transforms",
+        "proposed by",
+        "peak MiB",
+        title="Pareto front (paired)",
     )
     for p in s["front"]:
         low, high = p["speedup_ci"]
@@ -62,8 +68,17 @@ def _print_summary(
             f"{p['speedup']:.2f}x [{low:.2f}, {high:.2f}]",
             f"{p['quality']:.4f}",
             " + ".join(p["transforms"]),
+            p["proposed_by"],
+            _mib(p.get("peak_memory_mb")),
         )
-    table.add_row("[dim]uncompressed baseline[/dim]", "1.00x", f"{base['quality']:.4f}", "")
+    table.add_row(
+        "[dim]uncompressed baseline[/dim]",
+        "1.00x",
+        f"{base['quality']:.4f}",
+        "",
+        "",
+        _mib((base.get("scores") or {}).get("peak_memory_mb")),
+    )
     console.print(table)
     states, es = s["states"], s["early_stopping"]
     console.print(
@@ -84,6 +99,10 @@ def _print_summary(
             highlight=False,
         )
     console.print(f"[green]report[/green] {report}  ({seconds:.0f} s)")
+
+
+def _mib(value: float | None) -> str:
+    return "–" if value is None else f"{value:.1f}"
 
 
 def list_spaces_command(console: Any) -> None:

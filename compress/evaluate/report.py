@@ -71,7 +71,7 @@ def score_table(score: Score, title: str) -> Table:
     for name, ms in score.components_ms.items():
         table.add_row(f"  {name}", f"{ms:.2f}")
     if score.peak_memory_mb is not None:
-        table.add_row("peak memory MiB", f"{score.peak_memory_mb:.0f}")
+        table.add_row("peak memory MiB (sampling)", f"{score.peak_memory_mb:.1f}")
     return table
 
 

@@ -95,6 +95,7 @@ def evaluate(
     `timed=False` scores quality only (a search trial times its candidate paired instead).
     """
     from compress.evaluate.latency import resolved_settings
+    from compress.evaluate.memory import sampling_peak
     from compress.evaluate.quality import get_metric
     from compress.evaluate.timing import cpu_threads
 
@@ -112,7 +113,8 @@ def evaluate(
     version = metric.version  # fail on missing metric files before minutes of generation
     place(pipe, settings)
     latency = measure_latency(pipe, settings, prompts=prompts) if timed else None
-    images = generate_images(pipe, prompts, seeds, settings)
+    with sampling_peak(pipe, settings.device) as memory:  # at the evaluation's batch size
+        images = generate_images(pipe, prompts, seeds, settings)
     value, parts = metric.score(images, prompts, reference_images=reference_images)
     if latency is None:
         with cpu_threads(settings.threads) as threads:
@@ -121,7 +123,8 @@ def evaluate(
         latency_ms=latency.median_ms if latency else None,
         latency_spread_ms=latency.spread_ms if latency else None,
         components_ms=latency.components_ms if latency else {},
-        peak_memory_mb=latency.peak_memory_mb if latency else None,
+        peak_memory_mb=memory.mb,
+        peak_memory=memory.describe(),
         quality=value,
         quality_metric=metric.name,
         quality_metric_version=version,

@@ -101,8 +101,10 @@ class Score(BaseModel):
     `latency_ms` is the median end-to-end time of the timed runs; `latency_spread_ms` is their
     interquartile range (75th minus 25th percentile). `components_ms` holds per-component medians:
     text_encoder (all encoders), denoiser (every UNet call of the loop together), vae_decode, and
-    other (scheduler, pre- and post-processing). `peak_memory_mb` is the CUDA allocator's peak over
-    the timed runs (None on CPU, where no per-run peak can be isolated).
+    other (scheduler, pre- and post-processing). `peak_memory_mb` is the peak memory of generating
+    the scored images at the settings' batch size: the pipeline's tensors on the device plus the
+    high-water mark sampling added (CUDA allocator peak, or the resident set on CPU); None where
+    the device has no counter (compress.evaluate.memory). `peak_memory` says how it was measured.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
@@ -110,7 +112,8 @@ class Score(BaseModel):
     latency_ms: float | None = None  # None: scored without timing (see `evaluate(timed=...)`)
     latency_spread_ms: float | None = None
     components_ms: dict[str, float] = Field(default_factory=dict)
-    peak_memory_mb: float | None = None
+    peak_memory_mb: float | None = None  # MiB
+    peak_memory: str = ""  # how peak_memory_mb was measured, or why not
     quality: float
     quality_metric: str
     quality_metric_version: str

@@ -10,9 +10,11 @@ that check the wiring rather than inductor's kernels.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -72,6 +74,42 @@ def is_compiled(pipe: DiffusionPipeline) -> bool:
 
     net = denoiser(pipe)
     return is_compiled_module(net) or getattr(net, _MARK, False)
+
+
+_KEPT = "_compress_prepared"  # on a pipeline a compile transform prepared: (Prepared, options)
+
+
+def prepare_kept(pipe: DiffusionPipeline, opts: RuntimeOptions) -> dict[str, Any]:
+    """`prepare`, remembered on the pipeline so that work needing its plain modules (loading a
+    LoRA) can take it off and put it back (`unprepared`); what it did."""
+    done = prepare(pipe, opts)
+    setattr(pipe, _KEPT, (done, opts))
+    return done.metadata
+
+
+@contextlib.contextmanager
+def unprepared(pipe: DiffusionPipeline, what: str, **changes: Any) -> Iterator[None]:
+    """The pipeline without what a compile transform did (uncompiled, unfused, contiguous) for the
+    body (`what` it does), prepared again after it with `changes` to the options (as before if
+    the body fails); it compiles again at its next call."""
+    kept = getattr(pipe, _KEPT, None)
+    if kept is None:
+        if is_compiled(pipe):
+            raise CompressError(
+                f"the denoiser was compiled outside a compile transform, which compress cannot "
+                f"undo to {what}; {what} before compiling"
+            )
+        yield
+        return
+    done, opts = kept
+    done.undo()
+    delattr(pipe, _KEPT)
+    try:
+        yield
+    except BaseException:
+        prepare_kept(pipe, opts)
+        raise
+    prepare_kept(pipe, dataclasses.replace(opts, **changes))
 
 
 def prepare(pipe: DiffusionPipeline, opts: RuntimeOptions) -> Prepared:

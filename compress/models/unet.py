@@ -13,6 +13,9 @@ if TYPE_CHECKING:
 # FEATURE_CHANNELS: {student module: the teacher channel indices its output channels kept}.
 FEATURE_PAIRS = "_compress_feature_pairs"
 FEATURE_CHANNELS = "_compress_feature_channels"
+# Set on a channel-pruned UNet for ControlNet residuals made for the unpruned one
+# (compress/controlnet.py): {skip or mid block output layer: the unpruned channel indices kept}.
+SKIP_CHANNELS = "_compress_skip_channels"
 
 
 def as_list(value: Any, n: int) -> list[Any]:
@@ -91,3 +94,30 @@ def feature_channels(unet: UNet2DConditionModel) -> dict[str, list[int]]:
 
 def count_params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+def skip_modules(net: torch.nn.Module) -> list[str]:
+    """The modules whose outputs are the skip connections of a UNet's (or a ControlNet's) down
+    path, in the order diffusers pairs them with ControlNet residuals: conv_in, then per down
+    block each resnet (its attention, where it has one) and the downsampler."""
+    out = ["conv_in"]
+    for i, block in enumerate(net.down_blocks):
+        attns = getattr(block, "attentions", None)
+        kind = "attentions" if attns else "resnets"
+        out += [f"down_blocks.{i}.{kind}.{k}" for k in range(len(block.resnets))]
+        out += [f"down_blocks.{i}.downsamplers.{k}" for k in range(len(block.downsamplers or []))]
+    return out
+
+
+def skip_layer(net: torch.nn.Module, module: str) -> str:
+    """The conv/linear whose output channels are a skip module's (or the mid block's) output."""
+    if module == "conv_in":
+        return module
+    if ".downsamplers." in module:
+        return f"{module}.conv"
+    return output_layer(net, module)
+
+
+def out_width(net: torch.nn.Module, layer: str) -> int:
+    m = net.get_submodule(layer)
+    return int(getattr(m, "out_channels", None) or m.out_features)

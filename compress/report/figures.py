@@ -1,4 +1,5 @@
-"""Plotly figures of a search: the latency-quality scatter and per-component latency."""
+"""Plotly figures of a search: the latency-quality scatter, quality against peak memory, and
+per-component latency."""
 
 from __future__ import annotations
 
@@ -116,16 +117,7 @@ def scatter(
         )
     )
     if baseline:
-        fig.add_trace(
-            go.Scatter(
-                x=[1.0],
-                y=[baseline["quality"]],
-                mode="markers",
-                name="uncompressed baseline",
-                marker={"color": "black", "size": 16, "symbol": "star"},
-                hoverinfo="name+x+y",
-            )
-        )
+        fig.add_trace(_baseline_star(1.0, baseline["quality"]))
     if limits.get("min_quality") is not None:
         fig.add_hline(y=limits["min_quality"], line_dash="dot", annotation_text="min quality")
     fig.update_layout(
@@ -174,3 +166,83 @@ def components(front: list[TrialRecord]) -> go.Figure | None:
         margin={"l": 160, "r": 20, "t": 20, "b": 40},
     )
     return fig
+
+
+def memory_scatter(
+    records: list[TrialRecord],
+    front: list[TrialRecord],
+    baseline: dict[str, Any],
+    metric: str,
+    limits: dict[str, float | None],
+) -> go.Figure | None:
+    """Quality against the peak memory of sampling at the evaluation batch: every scored trial
+    (infeasible ones crossed), the front, the baseline starred, --max-memory as a line; None
+    when no trial has a peak memory (a device without a counter)."""
+    import plotly.graph_objects as go
+
+    scored = [
+        r
+        for r in records
+        if r.point is not None and r.peak_memory_mb is not None and r.duplicate_of is None
+    ]
+    if not scored:
+        return None
+    on_front = {r.number for r in front}
+    groups = [
+        ("Pareto front", [r for r in scored if r.number in on_front], "#e45756", "diamond", 12),
+        (
+            "other trials",
+            [r for r in scored if r.number not in on_front and r.feasible],
+            "#4c78a8",
+            "circle",
+            8,
+        ),
+        (
+            "infeasible (breaks a constraint)",
+            [r for r in scored if not r.feasible],
+            "#f58518",
+            "x",
+            8,
+        ),
+    ]
+    fig = go.Figure()
+    for name, group, colour, symbol, size in groups:
+        fig.add_trace(
+            go.Scatter(
+                x=[r.peak_memory_mb for r in group],
+                y=[r.quality for r in group],
+                mode="markers",
+                name=f"{name} ({len(group)})",
+                marker={"color": colour, "size": size, "symbol": symbol},
+                customdata=[r.number for r in group],
+                hovertext=[f"{_hover(r)}<br>speed-up {r.speedup:.2f}x" for r in group],
+                hoverinfo="text+x+y",
+            )
+        )
+    peak = (baseline.get("scores") or {}).get("peak_memory_mb") if baseline else None
+    if peak is not None:
+        fig.add_trace(_baseline_star(peak, baseline["quality"]))
+    if limits.get("max_memory") is not None:
+        fig.add_vline(x=limits["max_memory"], line_dash="dot", annotation_text="max memory")
+    fig.update_layout(
+        xaxis_title="peak memory of sampling at the evaluation batch (MiB)",
+        yaxis_title=f"quality ({metric})",
+        height=460,
+        margin={"l": 60, "r": 20, "t": 30, "b": 50},
+        legend={"orientation": "h", "y": -0.2},
+        template="plotly_white",
+    )
+    return fig
+
+
+def _baseline_star(x: float, quality: float) -> go.Scatter:
+    import plotly.graph_objects as go
+
+    return go.Scatter(
+        x=[x],
+        y=[quality],
+        mode="markers",
+        name="uncompressed baseline",
+        marker={"color": "black", "size": 16, "symbol": "star"},
+        hoverinfo="name+x+y",
+    )

@@ -10,11 +10,17 @@ import yaml
 
 from compress.errors import CompressError
 from compress.fs import write_atomic
-from compress.report.figures import CLICK_JS, components, scatter
+from compress.report.figures import CLICK_JS, components, memory_scatter, scatter
 from compress.report.images import grid, numbered_pngs
 from compress.search.baseline import baseline_dir, load_baseline
 from compress.search.ledger import SEARCH_FILE, TrialRecord, read_json, read_records, trial_dir
-from compress.search.results import export_command, finalize, front_records
+from compress.search.results import (
+    export_command,
+    finalize,
+    front_records,
+    objectives_of,
+    proposed_by,
+)
 
 CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
@@ -27,6 +33,9 @@ td, th { padding: 0.25em 0.6em; border-bottom: 1px solid #e5e5e5; text-align: le
 .grid th { font-weight: normal; font-size: 0.8em; max-width: 100px; }
 .grid th.label { font-weight: bold; }
 """
+
+
+_AXES = {"latency": "relative latency", "quality": "quality", "memory": "peak memory MiB"}
 
 
 def _esc(value: Any) -> str:
@@ -52,7 +61,7 @@ def write_report(run: str | Path, out: str | Path | None = None) -> Path:
     )
     cfg, records = read_json(run / SEARCH_FILE), read_records(run)
     baseline = load_baseline(run) or {}
-    front = front_records(records, baseline)
+    front = front_records(records, baseline, "memory" in objectives_of(run))
     out = Path(out) if out else run / "report.html"
     write_atomic(out, _page(run, cfg, summary, records, front, baseline))
     return out
@@ -83,7 +92,7 @@ def _page(
     metric = (
         f"{scores.get('quality_metric', cfg['metric'])} {scores.get('quality_metric_version', '')}"
     )
-    limits = {"max_latency": cfg.get("max_latency"), "min_quality": cfg.get("min_quality")}
+    limits = {k: cfg.get(k) for k in ("max_latency", "min_quality", "max_memory")}
     parts = [f"<h1>Search {_esc(run.name)}</h1>", _overview(cfg, s, metric, scores)]
     parts.append(
         "<h2>Latency and quality</h2><p class='dim'>Click a front point to jump to its recipe.</p>"
@@ -92,11 +101,19 @@ def _page(
     comp = components(front)
     if comp is not None:
         parts.append("<h2>Where the time goes</h2>" + _plot(comp, "components", False))
+    mem = memory_scatter(records, front, baseline, metric, limits)
+    if mem is not None:
+        parts.append(
+            "<h2>Peak memory and quality</h2><p class='dim'>Peak memory of sampling at the "
+            "evaluation batch: the candidate's tensors plus what sampling adds.</p>"
+            + _plot(mem, "memory", False, True)
+        )
     prompts = baseline.get("prompts", [])
     base_images = numbered_pngs(baseline_dir(run) / "images")
     parts.append(f"<h2>Pareto front: {len(front)} recipes</h2>")
+    by_number = {x.number: x for x in records}
     for r in front:
-        parts.append(_card(run, r, baseline, prompts, base_images))
+        parts.append(_card(run, r, baseline, prompts, base_images, proposed_by(r, by_number)))
     parts.append(_trials_table(records, {r.number for r in front}))
     body = "\n".join(parts)
     return (
@@ -145,10 +162,18 @@ def _overview(cfg: dict[str, Any], s: dict[str, Any], metric: str, scores: dict)
         ),
         (
             "hypervolume",
-            f"{_fmt(s['hypervolume'])} (relative latency x quality; reference: "
+            f"{_fmt(s['hypervolume'])} ({' x '.join(_AXES[o] for o in s.get('objectives', _AXES))}"
+            "; reference: "
             f"{', '.join(_fmt(v) for v in s['hypervolume_reference'] or [])})",
         ),
         ("Ray overhead per trial", "–" if overhead is None else f"{overhead:.2f} s"),
+        (
+            "peak memory",
+            "of sampling at the evaluation batch, MiB: the candidate's tensors on the device plus "
+            "the high-water mark sampling adds (CUDA allocator peak; resident set on CPU)"
+            + (f"; at most {cfg['max_memory']:g}" if cfg.get("max_memory") else "")
+            + ("; an objective of the front" if "memory" in s.get("objectives", []) else ""),
+        ),
     ]
     cells = "".join(f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>" for k, v in rows)
     return f"<table>{cells}</table>"
@@ -162,7 +187,12 @@ def _speed(r: TrialRecord) -> str:
 
 
 def _card(
-    run: Path, r: TrialRecord, baseline: dict[str, Any], prompts: list[str], base_images: list[Path]
+    run: Path,
+    r: TrialRecord,
+    baseline: dict[str, Any],
+    prompts: list[str],
+    base_images: list[Path],
+    proposed: str,
 ) -> str:
     warn = _not_faster(r)
     rows = "".join(
@@ -183,10 +213,12 @@ def _card(
     return (
         f"<div class='card' id='trial-{r.number:04d}'><h3>{_esc(r.recipe)} "
         f"<span class='dim'>trial {r.number}</span></h3>"
+        f"<p class='dim'>proposed by {_esc(proposed)}</p>"
         f"<p>speed-up <b>{_speed(r)}</b> (95% interval; {r.latency_ms:.2f} ms against the "
         f"baseline's {r.reference_latency_ms:.2f} ms in the same rounds)"
         f"{f' <b class=warn>{warn}</b>' if warn else ''}, quality "
-        f"<b>{r.quality:.4f}</b>; recipe file <code>recipes/{_esc(data.get('name', r.recipe))}"
+        f"<b>{r.quality:.4f}</b>, peak memory <b>{_fmt(r.peak_memory_mb)} MiB</b>; recipe file "
+        f"<code>recipes/{_esc(data.get('name', r.recipe))}"
         f".yaml</code></p><p>this candidate, as scored: <code>{_esc(export_command(run, r))}"
         "</code> (its trained prefix from the run's cache, no training; <code>compress apply"
         "</code> of the recipe trains again, on another checkpoint too)</p>"
@@ -225,6 +257,7 @@ def _trials_table(records: list[TrialRecord], front: set[int]) -> str:
             "speed-up [95% CI]",
             "quality",
             "stopped at",
+            "peak MiB",
             *knobs,
             "note",
         ]
@@ -250,6 +283,7 @@ def _trials_table(records: list[TrialRecord], front: set[int]) -> str:
             _speed(r),
             _fmt(r.quality),
             _stopped(r),
+            _fmt(r.peak_memory_mb),
             *[r.params.get(k, "") for k in knobs],
             note,
         ]

@@ -6,12 +6,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from compress.errors import CompressError
 from compress.evaluate.settings import EvalSettings
 from compress.search.ledger import SEARCH_FILE, read_json, write_json
 from compress.search.space import SearchSpace, load_space
+
+TRACKERS = ("mlflow", "tensorboard", "wandb")  # --track
 
 # Options fixed when a run starts; `--resume` may only add trials or change where Ray runs.
 _FIXED_ON_RESUME = (
@@ -21,6 +23,7 @@ _FIXED_ON_RESUME = (
     "sampler",
     "max_latency",
     "min_quality",
+    "max_memory",
     "target_gpu",
     "device",
     "dtype",
@@ -52,6 +55,7 @@ class SearchConfig(BaseModel):
     target_gpu: str | None = None
     max_latency: float | None = Field(None, gt=0)  # ms
     min_quality: float | None = None
+    max_memory: float | None = Field(None, gt=0)  # MiB, peak of sampling at the evaluation batch
     device: str = "cpu"
     dtype: str | None = None
     seed: int = 0
@@ -65,6 +69,19 @@ class SearchConfig(BaseModel):
     cache: str | None = None  # prefix cache folder (default RUN/cache)
     data: str | None = None  # training images with captions, for every trial
     prompts: str | None = None  # prompts file the teacher draws training images from
+    track: list[str] = Field(default_factory=list)  # experiment trackers (compress.search.tracking)
+    track_uri: str | None = None  # MLflow URI (default: MLFLOW_TRACKING_URI, else RUN/mlflow)
+
+    @field_validator("track", mode="before")
+    @classmethod
+    def _trackers(cls, value: Any) -> list[str]:
+        """`--track mlflow,tensorboard` as well as `--track mlflow --track tensorboard`."""
+        items = [value] if isinstance(value, str) else list(value or [])
+        names = list(dict.fromkeys(n.strip() for v in items for n in v.split(",") if n.strip()))
+        unknown = [n for n in names if n not in TRACKERS]
+        if unknown:
+            raise ValueError(f"unknown tracker {unknown[0]!r}; choose from {', '.join(TRACKERS)}")
+        return names
 
     @property
     def cache_dir(self) -> Path:
@@ -138,6 +155,8 @@ def resolve_config(space: str | None = None, **given: Any) -> tuple[SearchConfig
     metric = opts.pop("metric", d.metric or sp.spec.evaluation.get("metric"))
     if model is None:
         raise CompressError(f"search space {sp.source} names no model; pass --model")
+    if Path(str(model)).expanduser().exists():  # a local folder: Ray's workers run elsewhere
+        model = str(Path(str(model)).expanduser().resolve())
     if metric is None:
         raise CompressError(f"search space {sp.source} names no metric; pass --metric")
     gpus = opts.get("gpus_per_trial", 0.0)

@@ -52,6 +52,9 @@ class TrialResult(BaseModel):
     parent_speedup: float | None = None
     parent_speedup_ci: list[float] | None = None
     quality: float | None = None
+    # MiB to generate the scored images at the evaluation batch: the candidate's tensors plus
+    # sampling's high-water mark (compress.evaluate.memory); None where the device has no counter
+    peak_memory_mb: float | None = None
     scores: dict[str, Any] = Field(default_factory=dict)  # compress.recipe.Scores of the last stage
     components_ms: dict[str, float] = Field(default_factory=dict)  # per-component latency
     reference_components_ms: dict[str, float] = Field(default_factory=dict)  # the baseline's
@@ -100,6 +103,7 @@ class TrialRecord(TrialResult):
     # (compress.search.twolevel)
     origin: Literal["start", "composition", "prefix", "suffix", "finish"] | None = None
     why: str | None = None  # the two-level rule's choice: level, expected gain per second, reason
+    parent: int | None = None  # a finishing variant: the trial whose candidate it finishes
     ray_trial_id: str | None = None
 
     @property
@@ -119,6 +123,15 @@ class TrialRecord(TrialResult):
         if not (math.isfinite(self.speedup) and math.isfinite(self.quality)):
             return None
         return (1.0 / self.speedup, self.quality)
+
+    def objectives(self, memory: bool = False) -> tuple[float, ...] | None:
+        """`point`, with the peak memory (MiB) third where memory is an objective."""
+        point = self.point
+        if not memory or point is None:
+            return point
+        if self.peak_memory_mb is None or not math.isfinite(self.peak_memory_mb):
+            return None
+        return (*point, self.peak_memory_mb)
 
     def result(self) -> TrialResult:
         """This trial's final result as a trial reports it (to serve a repeated point)."""
@@ -193,6 +206,7 @@ def write_csv(run: Path, records: list[TrialRecord], front: set[int]) -> None:
         "speedup_high",
         "latency_ms",
         "quality",
+        "peak_memory_mb",
         "stopped_at_fraction",
         *knobs,
         "wall_s",
@@ -214,6 +228,7 @@ def write_csv(run: Path, records: list[TrialRecord], front: set[int]) -> None:
                 *(r.speedup_ci or [None, None]),
                 r.latency_ms,
                 r.quality,
+                r.peak_memory_mb,
                 (r.stopped_at or {}).get("training_fraction"),
                 *[r.params.get(k, "") for k in knobs],
                 r.times.get("wall"),

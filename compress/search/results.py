@@ -13,27 +13,66 @@ from compress.search.pareto import Point, hypervolume, pareto_front
 BASELINE_POINT = 1.0  # the uncompressed model's relative latency
 
 
+def objectives_of(run: Path) -> list[str]:
+    """The objectives of the run's space (its space.yaml): latency, quality[, memory]."""
+    import yaml
+
+    path = run / "space.yaml"
+    spec = yaml.safe_load(path.read_text()) if path.is_file() else None
+    return list((spec or {}).get("objectives") or ["latency", "quality"])
+
+
 def front_records(
-    records: list[TrialRecord], baseline: dict[str, Any] | None = None
+    records: list[TrialRecord], baseline: dict[str, Any] | None = None, memory: bool = False
 ) -> list[TrialRecord]:
-    """Feasible, fully evaluated trials on the Pareto front of (relative latency, quality),
-    fastest first. A candidate whose paired speed-up interval reaches 1 is no compression and
-    never on the front; nor is one the uncompressed baseline dominates."""
+    """Feasible, fully evaluated trials on the Pareto front of (relative latency, quality[, peak
+    memory where it is an objective]), fastest first. A candidate whose paired speed-up interval
+    reaches 1 is no compression and never on the front; nor is one the uncompressed baseline
+    dominates."""
     full = [
         r
         for r in records
-        if r.state == "complete" and r.feasible and r.faster and r.point is not None
+        if r.state == "complete" and r.feasible and r.faster and r.objectives(memory) is not None
     ]
-    points = [r.point for r in full]
-    if baseline:
-        points.append((BASELINE_POINT, baseline["quality"]))
+    points = [r.objectives(memory) for r in full]
+    base = baseline_point(baseline, memory) if baseline else None
+    if base is not None:
+        points.append(base)
     return [full[i] for i in pareto_front(points) if i < len(full)]
 
 
-def reference_point(records: list[TrialRecord], baseline: dict[str, Any]) -> Point:
-    """Hypervolume corner: the baseline's relative latency (1) and the lowest quality scored."""
+def baseline_point(baseline: dict[str, Any], memory: bool = False) -> Point | None:
+    """The uncompressed model's point; None where memory is an objective it was not measured in."""
+    if not memory:
+        return (BASELINE_POINT, baseline["quality"])
+    peak = (baseline.get("scores") or {}).get("peak_memory_mb")
+    return None if peak is None else (BASELINE_POINT, baseline["quality"], peak)
+
+
+def reference_point(
+    records: list[TrialRecord], baseline: dict[str, Any], memory: bool = False
+) -> Point:
+    """Hypervolume corner: the baseline's relative latency (1), the lowest quality scored and,
+    where memory is an objective, the largest peak memory measured (the baseline's included)."""
     qualities = [r.quality for r in records if r.point is not None] + [baseline["quality"]]
-    return (BASELINE_POINT, float(min(qualities)))
+    if not memory:
+        return (BASELINE_POINT, float(min(qualities)))
+    base = baseline_point(baseline, memory)
+    peaks = [p[2] for p in [*(r.objectives(memory) for r in records), base] if p is not None]
+    return (BASELINE_POINT, float(min(qualities)), float(max(peaks, default=0.0)))
+
+
+def trial_entry(r: TrialRecord) -> dict[str, Any]:
+    """One trial in summary.json: its state, scores, peak memory and constraint violations."""
+    return {
+        "number": r.number,
+        "state": r.state,
+        "feasible": r.feasible,
+        "constraints": r.constraints,  # name -> signed violation (> 0: broken)
+        "speedup": r.speedup,
+        "quality": r.quality,
+        "peak_memory_mb": r.peak_memory_mb,
+    }
 
 
 def cache_use(records: list[TrialRecord]) -> dict[str, Any]:
@@ -101,9 +140,21 @@ def export_command(run: Path, r: TrialRecord) -> str:
     return f"compress export {shlex.quote(str(run))} {r.number} --out out/{r.recipe}"
 
 
-def front_entry(run: Path, r: TrialRecord) -> dict[str, Any]:
+def proposed_by(r: TrialRecord, by_number: dict[int, TrialRecord]) -> str:
+    """Who chose this candidate's knob values (a finishing variant: who chose its parent's)."""
+    if r.origin == "finish" and r.parent in by_number and r.parent != r.number:
+        return f"{proposed_by(by_number[r.parent], by_number)}; finished (trial {r.parent})"
+    if r.origin in ("start", "composition"):
+        return {"start": "a start point", "composition": "a composition of start points"}[r.origin]
+    level = {"prefix": "new prefix", "suffix": "suffix"}.get(r.origin or "", "trial")
+    _, _, how = (r.why or "").partition("proposed by ")
+    return f"{level}: {how or 'the sampler'}"
+
+
+def front_entry(run: Path, r: TrialRecord, by_number: dict[int, TrialRecord]) -> dict[str, Any]:
     return {
         "number": r.number,
+        "proposed_by": proposed_by(r, by_number),
         "recipe": f"recipes/{r.recipe}.yaml",
         "export": export_command(run, r),
         "speedup": r.speedup,
@@ -111,6 +162,7 @@ def front_entry(run: Path, r: TrialRecord) -> dict[str, Any]:
         "quality": r.quality,
         "latency_ms": r.latency_ms,  # the candidate's own median in its worker
         "reference_latency_ms": r.reference_latency_ms,  # the baseline's, in the same rounds
+        "peak_memory_mb": r.peak_memory_mb,  # sampling at the evaluation batch, MiB
         "transforms": [t.get("kind") for t in r.transforms],
         "params": r.params,
         "flags": r.scores.get("flags", []),  # e.g. quantized-but-not-faster
@@ -121,7 +173,9 @@ def finalize(run: Path, reference: Point | None = None) -> dict[str, Any]:
     """Write RUN/recipes/ (the front), trials.csv and summary.json; return the summary."""
     records = read_records(run)
     baseline = load_baseline(run)
-    front = front_records(records, baseline)
+    objectives = objectives_of(run)
+    memory = "memory" in objectives
+    front = front_records(records, baseline, memory)
     recipes = run / "recipes"
     recipes.mkdir(parents=True, exist_ok=True)
     written = set()
@@ -133,9 +187,10 @@ def finalize(run: Path, reference: Point | None = None) -> dict[str, Any]:
         if stale.name not in written:
             stale.unlink()
     write_csv(run, records, {r.number for r in front})
-    ref = reference or (reference_point(records, baseline) if baseline else None)
+    ref = reference or (reference_point(records, baseline, memory) if baseline else None)
     summary = {
         "run": run.name,
+        "objectives": objectives,
         "trials": len(records),
         "states": {
             s: sum(r.state == s for r in records)
@@ -144,9 +199,10 @@ def finalize(run: Path, reference: Point | None = None) -> dict[str, Any]:
         "infeasible": sum(1 for r in records if r.point is not None and not r.feasible),
         "no_faster_than_baseline": sum(1 for r in records if r.point is not None and not r.faster),
         "baseline": baseline,
-        "front": [front_entry(run, r) for r in front],
-        "hypervolume": hypervolume([r.point for r in front], ref) if ref else None,
+        "front": [front_entry(run, r, {x.number: x for x in records}) for r in front],
+        "hypervolume": hypervolume([r.objectives(memory) for r in front], ref) if ref else None,
         "hypervolume_reference": list(ref) if ref else None,
+        "per_trial": [trial_entry(r) for r in records],
         **cache_use(records),
         "early_stopping": early_stopping(records),
         "ray_overhead_s_per_trial": ray_overhead(records),

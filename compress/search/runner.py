@@ -7,7 +7,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -157,6 +157,7 @@ def run_search(
     resolve(cfg.model)  # a missing model fails here, not inside a Ray worker
     cfg.baseline_settings()  # invalid evaluation settings fail here, naming the field
     check_data(cfg.data, cfg.prompts)  # unreadable training data fails before any trial
+    trackers = _trackers(cfg, run, console)  # a missing package or bad URI: before search.json
     run.mkdir(parents=True, exist_ok=True)
     pin_model_weights(run, cfg.model)  # before anything of a resumed run is rewritten
     save_config(cfg)
@@ -186,7 +187,9 @@ def run_search(
         remaining = cfg.trials - sum(r.state in FINISHED for r in records)
         if remaining > 0:
             t0 = time.perf_counter()
-            session = Session(run, records, remaining, resources, baseline, queued, deadline)
+            session = Session(
+                run, records, remaining, resources, baseline, queued, deadline, trackers
+            )
             _tune(cfg, space, session, console=console, verbose=verbose, trainable=trainable)
             launched = len(read_records(run)) - len(records)
             times |= {
@@ -203,6 +206,18 @@ def start_points(space: SearchSpace, records: list[TrialRecord]) -> list[dict[st
     not run them twice, and runs again one that an interruption cut short)."""
     done = [r.params for r in records if r.state in FINISHED]
     return [p for p in space.spec.search.start if p not in done]
+
+
+def _trackers(cfg: SearchConfig, run: Path, console: Any) -> list[Any]:
+    """The experiment trackers' Ray callbacks (--track); one console line says where each writes."""
+    if not cfg.track:
+        return []
+    from compress.search.tracking import describe, tracking_callbacks
+
+    callbacks = tracking_callbacks(cfg.track, run, cfg.track_uri)
+    if console is not None:
+        console.print(f"tracking: {'; '.join(describe(callbacks))}", highlight=False)
+    return callbacks
 
 
 def _log_times(run: Path, times: dict[str, Any]) -> None:
@@ -233,6 +248,7 @@ class Session:
     baseline: dict[str, Any]
     queue: list[tuple[dict[str, Any], str]]  # (knob values, origin)
     deadline: float | None  # time.time() at which the budget ends
+    trackers: list[Any] = field(default_factory=list)  # --track: Ray logger callbacks
 
 
 def _tune(
@@ -265,7 +281,7 @@ def _tune(
     resources, baseline = session.resources, session.baseline
     points, deadline = session.queue, session.deadline
 
-    limits = Limits(cfg.max_latency, cfg.min_quality)
+    limits = Limits(cfg.max_latency, cfg.min_quality, cfg.max_memory)
     compose = space.spec.search.compose
     search = BudgetLimiter(
         TwoLevelSearch(
@@ -293,11 +309,12 @@ def _tune(
     staged = cfg.staged and st.enabled and (full_prompts is None or st.prompts < full_prompts)
     done = [r for r in records if r.state in FINISHED]
     scheduler = RungScheduler(
-        rung_points(done),
+        rung_points(done, space.spec.minimises_memory),
         limits,
         quality_margin=st.quality_margin,
         latency_tolerance=st.latency_tolerance,
         deadline=deadline,
+        memory=space.spec.minimises_memory,
     )
     job = TrialJob(
         run=str(run),
@@ -328,6 +345,7 @@ def _tune(
         progress = ProgressCallback(console, cfg.trials, done, baseline["quality"])
         callbacks.append(progress)
     callbacks.insert(0, LedgerCallback(run, limits, progress.record if progress else None))
+    callbacks.extend(session.trackers)  # after the ledger: a trial's folder is complete
     part = sum(1 for _ in (run / "ray").glob("part*")) if (run / "ray").is_dir() else 0
     trial_fn = tune.with_parameters(trainable or run_trial, job=job)
     trainable = tune.with_resources(trial_fn, resources)

@@ -90,9 +90,17 @@ class SensitivityFilter(_Strict):
     max_drop: float = Field(ge=0)  # largest quality drop allowed, in the table's metric units
 
 
+OBJECTIVES = ("latency", "quality", "memory")
+
+
 class SpaceFile(_Strict):
     name: str
     description: str = ""
+    # What the front trades: relative latency (minimised) and quality (maximised), always, in
+    # that order; `memory` adds the peak memory of sampling (minimised) as a third.
+    objectives: list[Literal["latency", "quality", "memory"]] = Field(
+        default_factory=lambda: ["latency", "quality"]
+    )
     search: SearchDefaults = Field(default_factory=SearchDefaults)
     evaluation: dict[str, Any] = Field(default_factory=dict)  # EvalSettings fields
     # EvalSettings for the uncompressed baseline only, e.g. the steps it is normally sampled with
@@ -102,3 +110,18 @@ class SpaceFile(_Strict):
     transforms: dict[str, TransformEntry] = Field(default_factory=dict)
     knobs: dict[str, Knob] = Field(min_length=1)
     sensitivity: SensitivityFilter | None = None
+
+    @field_validator("objectives")
+    @classmethod
+    def _objectives(cls, value: list[str]) -> list[str]:
+        if value not in (["latency", "quality"], list(OBJECTIVES)):
+            raise ValueError(
+                f"objectives {value} are not searchable; write [latency, quality] or "
+                "[latency, quality, memory]"
+            )
+        return value
+
+    @property
+    def minimises_memory(self) -> bool:
+        """Peak memory is the third objective of the searches over this space."""
+        return "memory" in self.objectives

@@ -51,12 +51,13 @@ def evaluate_stage(
     metric = metric_for(settings, options)
     score = evaluate(pipe, settings, reference_images=refs, metric=metric, timed=False)
     log.info(
-        "%s: quality %.4f (%s) on %d prompts in %.2f s",
+        "%s: quality %.4f (%s) on %d prompts in %.2f s; %s",
         what,
         score.quality,
         score.quality_metric,
         len(score.prompts),
         time.perf_counter() - t0,
+        score.peak_memory,
     )
     check_finite(score, what)
     return score
@@ -73,6 +74,7 @@ def extend(
     """The full-set score of the pipeline stage 1 measured: its latency and first images are
     reused (same pipeline, prompts and seeds), only the remaining prompts are generated."""
     from compress.evaluate import generate_images
+    from compress.evaluate.memory import sampling_peak
 
     t0 = time.perf_counter()
     metric = metric_for(full, options)
@@ -81,7 +83,9 @@ def extend(
     k = len(first.images)
     if prompts[:k] != first.prompts or seeds[:k] != first.seeds:
         raise TrialFailed("stage 1 did not score the first prompts of the full set")
-    images = first.images + generate_images(pipe, prompts[k:], seeds[k:], full)
+    with sampling_peak(pipe, full.device) as memory:  # the same batch size as stage 1's
+        images = first.images + generate_images(pipe, prompts[k:], seeds[k:], full)
+    peaks = [m for m in (first.peak_memory_mb, memory.mb) if m is not None]
     quality, parts = metric.score(images, prompts, reference_images=refs)
     score = first.model_copy(
         update={
@@ -91,6 +95,7 @@ def extend(
             "prompts": prompts,
             "seeds": seeds,
             "images": images,
+            "peak_memory_mb": max(peaks) if peaks else None,
         }
     )
     log.info(

@@ -11,21 +11,29 @@ if TYPE_CHECKING:
     import optuna
 
 DIRECTIONS = ["minimize", "maximize"]  # relative latency, quality
-CONSTRAINTS = "constraints"  # user attribute: [max_latency, min_quality] violations (<= 0: met)
+MEMORY_DIRECTION = "minimize"  # peak memory, where a space makes it an objective
+CONSTRAINTS = "constraints"  # user attribute: violations of LIMITS, in order (<= 0: met)
+LIMITS = ("max_latency", "min_quality", "max_memory")  # compress.search.tuning.Limits
+
+
+def directions(memory: bool) -> list[str]:
+    """The studies' directions: relative latency, quality[, peak memory]."""
+    return [*DIRECTIONS, MEMORY_DIRECTION] if memory else list(DIRECTIONS)
 
 
 def constraint_values(violations: dict[str, float]) -> list[float]:
     """`Limits.violations` as the fixed-length list Optuna's constraints_func returns."""
-    return [violations.get("max_latency", 0.0), violations.get("min_quality", 0.0)]
+    return [violations.get(name, 0.0) for name in LIMITS]
 
 
 def _constraints(trial: Any) -> list[float]:
-    return list(trial.user_attrs.get(CONSTRAINTS, [0.0, 0.0]))
+    return list(trial.user_attrs.get(CONSTRAINTS, [0.0] * len(LIMITS)))
 
 
 def make_sampler(name: str, trials: int, seed: int) -> optuna.samplers.BaseSampler:
     """NSGA-II with a population sized to the budget, or multi-objective TPE; both prefer
-    candidates within --max-latency / --min-quality (the trials' recorded violations)."""
+    candidates within --max-latency / --min-quality / --max-memory (the trials' recorded
+    violations)."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)

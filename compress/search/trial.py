@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from compress.evaluate.paired import PairedTiming
     from compress.recipe import Recipe, Scores
 
-RESERVED = ("number", "invalid", "origin", "why")  # config keys that are not knobs
+RESERVED = ("number", "invalid", "origin", "why", "parent")  # config keys that are not knobs
 
 
 @dataclass(frozen=True)
@@ -238,6 +238,7 @@ class Progress:
             "prompts": len(score.prompts),
             "relative_latency": 1.0 / ratio.median,
             "quality": float(score.quality),
+            "peak_memory_mb": score.peak_memory_mb,  # sampling at the evaluation batch
         }
         if stage == 1:
             self.rungs.append(point)

@@ -19,18 +19,24 @@ from compress.search.pareto import Point, clearly_dominated, pareto_front
 
 @dataclass(frozen=True)
 class Limits:
-    """Constraints: a candidate over either is infeasible (kept, but never on the front)."""
+    """Constraints: a candidate over any is infeasible (kept, but never on the front)."""
 
-    max_latency: float | None = None
+    max_latency: float | None = None  # ms
     min_quality: float | None = None
+    max_memory: float | None = None  # MiB, peak of sampling at the evaluation batch
 
-    def violations(self, latency: float | None, quality: float | None) -> dict[str, float]:
-        """Constraint -> signed amount (<= 0 satisfied), Optuna's convention."""
+    def violations(
+        self, latency: float | None, quality: float | None, memory: float | None = None
+    ) -> dict[str, float]:
+        """Constraint -> signed amount (<= 0 satisfied), Optuna's convention; a measure that
+        is None (not measured) is not judged."""
         out = {}
         if self.max_latency is not None and latency is not None:
             out["max_latency"] = latency - self.max_latency
         if self.min_quality is not None and quality is not None:
             out["min_quality"] = self.min_quality - quality
+        if self.max_memory is not None and memory is not None:
+            out["max_memory"] = memory - self.max_memory
         return out
 
 
@@ -49,14 +55,16 @@ class BudgetLimiter(ConcurrencyLimiter):
 
 
 class RungScheduler(FIFOScheduler):
-    """Successive halving over two objectives: a candidate is stopped at a rung when the front of
-    the points scored at that rung clearly dominates it, when it breaks --max-latency, or when
-    its paired speed-up interval does not lie above 1 (it can never be on the front).
+    """Successive halving over the objectives (peak memory too where the space makes it one):
+    a candidate is stopped at a rung when the front of the points scored at that rung clearly
+    dominates it, when it breaks --max-latency or --max-memory (its peak memory does not change
+    with its training or prompts), or when its paired speed-up interval does not lie above 1 (it
+    can never be on the front).
 
     A rung is a training fraction (1.0 for candidates that train nothing, or whose training is
     cached), always scored on the same stage prompts, so a candidate meets only points with the
     same training budget and prompts. Ray Tune's ASHAScheduler ranks trials by one metric; the
-    front is two-dimensional, so the promotion rule is written here on Tune's scheduler API.
+    front has two or three dimensions, so the promotion rule is written here on Tune's API.
     """
 
     def __init__(
@@ -67,9 +75,11 @@ class RungScheduler(FIFOScheduler):
         quality_margin: float,
         latency_tolerance: float,
         deadline: float | None = None,
+        memory: bool = False,
     ) -> None:
         super().__init__()
         self._deadline = deadline  # time.time() of the time budget's end
+        self._memory = memory  # peak memory is a third objective of the space
         self._points = {k: list(v) for k, v in points.items()}
         self._limits = limits
         self._margin = quality_margin
@@ -87,12 +97,15 @@ class RungScheduler(FIFOScheduler):
             # the budget is spent: a training candidate ends at the rung it reached (its score
             # there is kept) instead of training on past the budget
             return TrialScheduler.STOP
-        if self._limits.violations(r.latency_ms, None).get("max_latency", 0) > 0:
+        broken = self._limits.violations(r.latency_ms, None, r.peak_memory_mb)
+        if any(v > 0 for v in broken.values()):  # --max-latency or --max-memory
             return TrialScheduler.STOP
         if r.speedup_low is None or r.speedup_low <= 1.0:
             return TrialScheduler.STOP
         rung = rung_of(r)
-        point = (r.relative_latency, r.quality)
+        point = _rung_point(r.model_dump(), self._memory)
+        if point is None:  # memory is an objective but was not measured: not compared
+            return TrialScheduler.CONTINUE
         if clearly_dominated(
             point, self.front(rung), quality_margin=self._margin, latency_tolerance=self._tolerance
         ):
@@ -109,15 +122,25 @@ def rung_of(point: TrialResult | dict) -> float:
     return 1.0 if fraction is None else float(fraction)
 
 
-def rung_points(records: list[TrialRecord]) -> dict[float, list[Point]]:
+def rung_points(records: list[TrialRecord], memory: bool = False) -> dict[float, list[Point]]:
     """The points earlier trials scored at each rung (a resumed run's scheduler starts here)."""
     out: dict[float, list[Point]] = {}
     for r in records:
         if not r.feasible or not r.faster:
             continue
         for p in r.rungs:
-            out.setdefault(rung_of(p), []).append((p["relative_latency"], p["quality"]))
+            point = _rung_point(p, memory)
+            if point is not None:
+                out.setdefault(rung_of(p), []).append(point)
     return out
+
+
+def _rung_point(p: dict[str, Any], memory: bool) -> Point | None:
+    """(relative latency, quality[, peak memory]) of one rung's score."""
+    if not memory:
+        return (p["relative_latency"], p["quality"])
+    peak = p.get("peak_memory_mb")
+    return None if peak is None else (p["relative_latency"], p["quality"], peak)
 
 
 class LedgerCallback(Callback):
@@ -160,7 +183,7 @@ class LedgerCallback(Callback):
                 if r.scored
                 else None
             ),
-            constraints=self._limits.violations(r.latency_ms, r.quality)
+            constraints=self._limits.violations(r.latency_ms, r.quality, r.peak_memory_mb)
             if state != "failed"
             else {},
             error=error,
@@ -168,6 +191,7 @@ class LedgerCallback(Callback):
             times={**r.times, "wall": wall},
             origin=trial.config.get("origin"),
             why=trial.config.get("why"),
+            parent=trial.config.get("parent"),
         )
         write_record(self._run, record)
         if self._on_record is not None:

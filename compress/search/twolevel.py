@@ -12,6 +12,9 @@ Finishing knobs (search.levels: compile) are left off by the samplers: a quality
 transform's score is known but for its latency, so it is measured only on a finished candidate
 that it could bring onto the front, queued as a `finish` trial.
 
+Where the space makes peak memory an objective (`objectives: [latency, quality, memory]`), the
+studies minimise it as a third direction; the allocation's gains stay over latency and quality.
+
 The state is rebuilt from the ledger whenever a searcher is made (a new phase, or `--resume`),
 so nothing of it needs a checkpoint of its own.
 """
@@ -31,6 +34,7 @@ from compress.errors import CompressError
 from compress.search.allocation import Choice, Outcome, choose, gains
 from compress.search.ledger import TrialRecord, TrialResult
 from compress.search.levels import Levels
+from compress.search.study import directions
 
 if TYPE_CHECKING:
     import optuna
@@ -40,6 +44,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("compress.search")
 ORIGINS = ("start", "composition", "prefix", "suffix", "finish")
+# Asks of a suffix study before its repeats give way to a neighbour: TPE draws fresh candidates
+# at each ask, so a second or third often leaves the best point; enqueued front suffixes already
+# run on this prefix are used up this way too.
+_ASKS = 4
 _RETRIES = 12  # asks before a sampler that keeps repeating finished points is overruled
 # A finishing variant is run when the candidate would join the front at this fraction of its
 # latency: compile gains 1.1-1.2x on these CPUs, up to 2x for int8 formats on GPUs (reports/gpu.md).
@@ -79,7 +87,9 @@ class TwoLevelSearch(Searcher):
         self._space, self._levels = space, levels
         self._make_sampler = make_sampler
         self._baseline, self._limits = baseline_quality, limits
+        self._memory = space.spec.minimises_memory  # the studies' third objective
         self._queue = list(queue or [])
+        self._parents: dict[str, int] = {}  # a queued finishing variant -> the trial it finishes
         # once every start point has finished: the unions of the faster ones (search.compose)
         self._compose = compose
         self._records = list(records)
@@ -99,7 +109,7 @@ class TwoLevelSearch(Searcher):
             self._learn_record(r)
         for r in sorted(records, key=lambda r: r.number):  # on resume: what was not finished
             if r.state == "complete" and r.feasible and r.faster:
-                self._finish(dict(r.params), r.point)
+                self._finish(dict(r.params), r.point, r.number)
 
     # --- Ray Tune's Searcher API ---
 
@@ -130,6 +140,7 @@ class TwoLevelSearch(Searcher):
         )
         self._running[trial_id] = _Running(number, params, origin, self._clock(), asked)
         config = {"number": number, "origin": origin, **params}
+        parent = self._parents.pop(_key(params), None) if origin == "finish" else None
         if self.choices and self.choices[-1][0] == number:
             choice = self.choices[-1][1]
             config["why"] = (
@@ -137,9 +148,10 @@ class TwoLevelSearch(Searcher):
             )
         elif origin == "finish":
             config["why"] = (
-                f"finishing: {', '.join(self._levels.finish)} on a finished candidate that would "
-                f"join the front at {FINISH_REACH:g} x its latency"
+                f"finishing: {', '.join(self._levels.finish)} on trial {parent}'s candidate, which "
+                f"would join the front at {FINISH_REACH:g} x its latency"
             )
+            config["parent"] = parent
         invalid = self._invalid(params, number)
         return {**config, "invalid": invalid} if invalid else config
 
@@ -154,9 +166,9 @@ class TwoLevelSearch(Searcher):
         full = not error and r.stage == 2
         scored = not error and r.scored
         faster = (r.speedup_low or 0) > 1.0
-        violations = self._limits.violations(r.latency_ms, r.quality)
+        violations = self._limits.violations(r.latency_ms, r.quality, r.peak_memory_mb)
         feasible = not any(v > 0 for v in violations.values())
-        self._tell(run.params, point, run.asked, violations)
+        self._tell(run.params, None if error else _values(r, self._memory), run.asked, violations)
         outcome = Outcome(
             number=run.number,
             prefix=self._levels.prefix_key(run.params),
@@ -167,7 +179,7 @@ class TwoLevelSearch(Searcher):
         )
         self._history.append((outcome, run.params))
         if outcome.point is not None:
-            self._finish(run.params, outcome.point)
+            self._finish(run.params, outcome.point, run.number)
         state = "failed" if error else ("complete" if full else "stopped")
         self._records.append(
             TrialRecord(
@@ -177,6 +189,7 @@ class TwoLevelSearch(Searcher):
                 speedup=r.speedup,
                 speedup_ci=r.speedup_ci,
                 quality=r.quality,
+                peak_memory_mb=r.peak_memory_mb,
                 training=r.training,
                 constraints=violations,
                 origin=run.origin,
@@ -255,11 +268,12 @@ class TwoLevelSearch(Searcher):
         of it; None when there is none."""
         prefix = self._prefixes[key]
         fresh = lambda v: {**prefix, **v} not in self._seen  # noqa: E731
-        suffix, asked = self._suffix_for(prefix)
-        if {**prefix, **suffix} not in self._seen:
-            self._how = "its sampler"
-            return {**prefix, **suffix}, asked
-        self._study(key).tell(asked[key], state=_state("FAIL"))
+        for _ in range(_ASKS):  # a repeat is told failed (TPE ignores it) and asked again
+            suffix, asked = self._suffix_for(prefix)
+            if {**prefix, **suffix} not in self._seen:
+                self._how = "its sampler"
+                return {**prefix, **suffix}, asked
+            self._study(key).tell(asked[key], state=_state("FAIL"))
         nearby = self._mutate(self._levels.suffix, prefix, suffix, fresh)
         if nearby is None:
             self._exhausted.add(key)  # its suffixes are all run: spend elsewhere
@@ -316,9 +330,9 @@ class TwoLevelSearch(Searcher):
 
     # --- finishing (quality-neutral transforms) ---
 
-    def _finish(self, params: dict[str, Any], point: tuple[float, float]) -> None:
-        """Queue the finishing variant of a finished candidate (at `point`) if, at FINISH_REACH
-        of its latency, no point of the front would dominate it."""
+    def _finish(self, params: dict[str, Any], point: tuple[float, float], number: int) -> None:
+        """Queue the finishing variant of finished candidate `number` (at `point`) if, at
+        FINISH_REACH of its latency, no point of the front would dominate it."""
         if not self._levels.finish or self._levels.finishing(params):
             return
         reach = (point[0] * FINISH_REACH, point[1])
@@ -335,6 +349,7 @@ class TwoLevelSearch(Searcher):
             values = self._space.assign(study.ask(), names=self._levels.finish, given=base)
             if self._levels.finishing(values) and values not in self._seen + queued:
                 self._queue.append((values, "finish"))
+                self._parents[_key(values)] = number
                 return
 
     def _drop_late_finishing(self) -> None:
@@ -354,7 +369,7 @@ class TwoLevelSearch(Searcher):
         if name not in self._studies:
             sampler = self._make_sampler(len(self._studies), name == "prefix")
             self._studies[name] = optuna.create_study(
-                directions=["minimize", "maximize"], sampler=sampler
+                directions=directions(self._memory), sampler=sampler
             )
             if name != "prefix":
                 for suffix in self._front_suffixes():
@@ -379,7 +394,7 @@ class TwoLevelSearch(Searcher):
             return
         key = self._levels.prefix_key(params)
         self._prefixes.setdefault(key, self._levels.prefix_values(params))
-        self._tell(params, r.point, {}, r.constraints)
+        self._tell(params, r.objectives(self._memory), {}, r.constraints)
         outcome = Outcome(
             number=r.number,
             prefix=key,
@@ -393,12 +408,13 @@ class TwoLevelSearch(Searcher):
     def _tell(
         self,
         params: dict[str, Any],
-        point: tuple[float, float] | None,
+        point: tuple[float, ...] | None,
         asked: dict[str, Any],
         violations: dict[str, float],
     ) -> None:
-        """Tell the prefix study and the prefix's suffix study what `params` scored, with its
-        constraint violations (the samplers prefer candidates within the limits)."""
+        """Tell the prefix study and the prefix's suffix study what `params` scored (each
+        objective's value), with its constraint violations (the samplers prefer candidates
+        within the limits)."""
         from optuna.trial import FixedTrial, create_trial
 
         from compress.search.study import CONSTRAINTS, constraint_values
@@ -444,6 +460,18 @@ class TwoLevelSearch(Searcher):
         except (CompressError, ValueError) as exc:  # a transform's cross-field rule
             return str(exc)
         return None
+
+
+def _key(params: dict[str, Any]) -> str:
+    return repr(sorted(params.items(), key=str))
+
+
+def _values(r: TrialResult, memory: bool) -> tuple[float, ...] | None:
+    """What the studies are told: the point, with the peak memory where it is an objective."""
+    point = _point(r)
+    if not memory or point is None:
+        return point
+    return None if r.peak_memory_mb is None else (*point, float(r.peak_memory_mb))
 
 
 def _point(r: TrialResult) -> tuple[float, float] | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -12,6 +13,7 @@ from compress.cli import app
 from compress.recipe import Recipe, Scores, save_recipe
 from compress.report import write_report
 from compress.search.ledger import TrialRecord, trial_dir, write_json, write_record
+from compress.search.results import finalize
 
 POINTS = {
     0: (40.0, 0.70, "complete"),
@@ -55,6 +57,7 @@ def run(tmp_path):
                 "quality_metric": "fidelity",
                 "quality_metric_version": "v1",
                 "settings": {"device": "cpu", "steps": 50},
+                "peak_memory_mb": 40.0,
             },
         },
     )
@@ -83,6 +86,7 @@ def run(tmp_path):
                 speedup=80.0 / lat if lat else None,
                 speedup_ci=[72.0 / lat, 88.0 / lat] if lat else None,
                 quality=q,
+                peak_memory_mb=10.0 + lat / 4 if lat else None,
                 constraints={"max_latency": lat - 35.0} if lat else {},
                 error="ValueError: boom" if state == "failed" else None,
                 components_ms={"denoiser": (lat or 0) * 0.8, "vae_decode": (lat or 0) * 0.2},
@@ -112,6 +116,46 @@ def test_report_is_one_self_contained_page(run):
     assert "8.00x [7.20, 8.80]" in page  # trial 3's paired speed-up with its interval
     assert "no faster than the baseline" in page
     assert (run / "recipes" / "tiny-t0003.yaml").is_file()  # the front, written as recipes
+
+
+def test_report_plots_peak_memory_and_lists_it_for_every_trial(run):
+    page = write_report(run).read_text()
+    assert "<h2>Peak memory and quality</h2>" in page and 'id="memory"' in page
+    assert "peak memory of sampling at the evaluation batch (MiB)" in page  # the figure's axis
+    assert "<th>peak MiB</th>" in page and "<td>12.5</td>" in page  # trial 3: 10 + 10 / 4
+    summary = json.loads((run / "summary.json").read_text())
+    entries = {e["number"]: e for e in summary["per_trial"]}
+    assert entries[0]["peak_memory_mb"] == 20.0 and not entries[0]["feasible"]
+    assert entries[4]["peak_memory_mb"] is None  # failed before sampling
+    assert [e["peak_memory_mb"] for e in summary["front"]] == [12.5, 15.0]
+    assert "peak_memory_mb" in (run / "trials.csv").read_text().splitlines()[0]
+
+
+def test_memory_as_an_objective_moves_the_front(run):
+    import yaml
+
+    # trial 6: slower and worse than trial 1, but it needs the least memory
+    recipe = Recipe(name="tiny-t0006", transforms=[{"kind": "sampler", "steps": 7}])
+    save_recipe(recipe, trial_dir(run, 6) / "recipe.yaml")
+    write_record(
+        run,
+        TrialRecord(
+            number=6, state="complete", stage=2, params={"steps": 7}, recipe=recipe.name,
+            latency_ms=25.0, reference_latency_ms=80.0, speedup=3.2, speedup_ci=[3.0, 3.4],
+            quality=0.55, peak_memory_mb=5.0, constraints={"max_latency": -10.0},
+        ),
+    )  # fmt: skip
+    (run / "space.yaml").write_text(yaml.safe_dump({"objectives": ["latency", "quality"]}))
+    assert [e["number"] for e in finalize(run)["front"]] == [3, 1]
+    (run / "space.yaml").write_text(
+        yaml.safe_dump({"objectives": ["latency", "quality", "memory"]})
+    )
+    summary = finalize(run)
+    assert [e["number"] for e in summary["front"]] == [3, 1, 6]
+    assert summary["objectives"] == ["latency", "quality", "memory"]
+    assert len(summary["hypervolume_reference"]) == 3 and summary["hypervolume"] > 0
+    page = write_report(run).read_text()
+    assert "id='trial-0006'" in page and "relative latency x quality x peak memory" in page
 
 
 def test_report_command(run, tmp_path):

@@ -220,7 +220,7 @@ def test_invalid_combinations_and_failures_are_marked_and_constraints_told():
     c = s.suggest("a")
     s.on_trial_complete("a", result(0.5, 0.6))  # latency_ms 5 > 2: infeasible
     told = [t for st in s._studies.values() for t in st.trials if t.state.name == "COMPLETE"]
-    assert told and all(t.user_attrs[CONSTRAINTS] == [3.0, 0.0] for t in told)
+    assert told and all(t.user_attrs[CONSTRAINTS] == [3.0, 0.0, 0.0] for t in told)
     s.suggest("b")
     s.on_trial_complete("b", error=True)
     assert s.outcomes[-1].point is None and not s.outcomes[-1].ready
@@ -267,8 +267,12 @@ def test_compile_is_tried_only_on_candidates_it_could_bring_onto_the_front():
     finish = s.suggest("f0")
     assert finish["origin"] == "finish" and finish["compiled"] is True and "mode" in finish
     assert {
-        k: v for k, v in finish.items() if k not in ("number", "origin", "why", "compiled", "mode")
+        k: v
+        for k, v in finish.items()
+        if k not in ("number", "origin", "why", "parent", "compiled", "mode")
     } == {k: v for k, v in proposed[0].items() if k not in ("number", "origin", "why", "compiled")}
+    assert finish["parent"] == proposed[0]["number"] == 0  # whose candidate it finishes
+    assert "trial 0's candidate" in finish["why"]
     s._clock.now = 100.0  # the compile took 100 s
     s.on_trial_complete("f0", result(0.25, 0.6))  # recorded as a finishing trial
     assert s._records[-1].origin == "finish" and s.outcomes[-1].point == (0.25, 0.6)
@@ -280,3 +284,43 @@ def test_compile_is_tried_only_on_candidates_it_could_bring_onto_the_front():
     s._clock.now = 950.0  # too late for a compile like the one that ran
 
     assert s.suggest("late")["origin"] != "finish"
+
+
+def test_a_repeated_suffix_is_asked_again_before_a_neighbour_is_drawn():
+    start = {"structure": "none", "scheduler": "euler", "steps": 4, "caching": "off"}
+    done = TrialRecord(
+        number=0,
+        state="complete",
+        params=start,
+        speedup=3.0,
+        speedup_ci=[2.5, 3.5],
+        latency_ms=3.0,
+        quality=0.6,
+        origin="start",
+        times={"wall": 10.0},
+    )
+    s = searcher([done], deadline=100.0)  # no time to train: a suffix on the known prefix
+    study = s._study(s._levels.prefix_key(start))
+    study.enqueue_trial({"scheduler": "euler", "steps": 4, "caching": "off"})  # a repeat
+    study.enqueue_trial({"scheduler": "euler", "steps": 8, "caching": "off"})
+    c = s.suggest("a")
+    assert c["origin"] == "suffix" and c["steps"] == 8 and c["caching"] == "off"
+    assert c["why"].endswith("proposed by its sampler")
+    failed = [t for t in study.trials if t.state.name == "FAIL"]
+    assert [t.params["steps"] for t in failed] == [4]  # the repeat, told failed
+
+
+def test_a_finished_candidate_is_credited_to_whoever_proposed_its_parent():
+    from compress.search.results import proposed_by
+
+    suffix = TrialRecord(
+        number=3,
+        state="complete",
+        origin="suffix",
+        why="suffix at 0.1 HV/s; proposed by its sampler",
+    )
+    finish = TrialRecord(number=7, state="complete", origin="finish", parent=3)
+    start = TrialRecord(number=0, state="complete", origin="start")
+    records = {r.number: r for r in (suffix, finish, start)}
+    assert proposed_by(finish, records) == "suffix: its sampler; finished (trial 3)"
+    assert proposed_by(start, records) == "a start point"

@@ -184,3 +184,16 @@ def stage_pairs(new: UNet2DConditionModel, plan: dict[str, Any]) -> list[tuple[s
     out += [("mid_block", "mid_block")] if new.mid_block is not None else []
     shift = 1 if plan["drop_stage"] else 0
     return out + [(f"up_blocks.{j}", f"up_blocks.{j + shift}") for j in range(len(new.up_blocks))]
+
+
+def layout_of(removed: list[str], layers: list[int]) -> dict[str, Any]:
+    """The kept pairs `plan` gave when `removed` (checked then) left a UNet that had `layers`
+    pairs per down block: rebuilt from a prune_blocks record where the unpruned UNet is gone."""
+    n, gone = len(layers), set(removed)
+    down = [[k for k in range(layers[i]) if f"down_blocks.{i}.{k}" not in gone] for i in range(n)]
+    up = [
+        [k for k in range(layers[n - 1 - j] + 1) if f"up_blocks.{j}.{k}" not in gone]
+        for j in range(n)
+    ]
+    drop_stage = f"down_blocks.{n - 1}" in gone
+    return {"down": down, "up": up, "drop_stage": drop_stage, "drop_mid": "mid_block" in gone}

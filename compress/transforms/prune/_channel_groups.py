@@ -10,9 +10,12 @@ from typing import TYPE_CHECKING, Any
 from compress.errors import CompressError
 from compress.models.unet import (
     FEATURE_CHANNELS,
+    SKIP_CHANNELS,
     feature_channels,
     feature_pairs,
     output_layer,
+    skip_layer,
+    skip_modules,
 )
 
 if TYPE_CHECKING:
@@ -89,7 +92,9 @@ def head_dims(unet: nn.Module) -> dict[str, int]:
 
 
 def prune_groups(dg: Any, unet: nn.Module, groups: Any) -> None:
-    """Prune `groups` in order and note, on the UNet, which channels each stage output kept."""
+    """Prune `groups` in order and note, on the UNet, which channels each stage output kept
+    (for feature distillation) and each skip connection and the mid block's output (for
+    ControlNet residuals)."""
     names = {m: n for n, m in unet.named_modules()}
     pruned: dict[str, tuple[int, list[int]]] = {}
     for group in groups:
@@ -102,13 +107,23 @@ def prune_groups(dg: Any, unet: nn.Module, groups: Any) -> None:
         return
     channels = feature_channels(unet)
     for student, _teacher in feature_pairs(unet):
-        layer = output_layer(unet, student)
-        if layer in pruned:
-            width, gone = pruned[layer][0], set(pruned[layer][1])
-            kept = [i for i in range(width) if i not in gone]
-            old = channels.get(student)  # pruned twice: indices compose
-            channels[student] = [old[i] for i in kept] if old else kept
+        _note(channels, student, pruned.get(output_layer(unet, student)))
     setattr(unet, FEATURE_CHANNELS, channels)
+    skips = dict(getattr(unet, SKIP_CHANNELS, None) or {})
+    mid = ["mid_block"] if unet.mid_block is not None else []
+    for layer in {skip_layer(unet, m) for m in skip_modules(unet) + mid}:
+        _note(skips, layer, pruned.get(layer))
+    setattr(unet, SKIP_CHANNELS, skips)
+
+
+def _note(channels: dict[str, list[int]], key: str, pruned: tuple[int, list[int]] | None) -> None:
+    """Record the kept channels of `key` (pruned: its width and removed indices)."""
+    if pruned is None:
+        return
+    width, gone = pruned[0], set(pruned[1])
+    kept = [i for i in range(width) if i not in gone]
+    old = channels.get(key)  # pruned twice: indices compose
+    channels[key] = [old[i] for i in kept] if old else kept
 
 
 def kept_indices(

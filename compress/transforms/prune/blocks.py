@@ -21,6 +21,7 @@ from compress.models.unet import FEATURE_PAIRS, as_list, count_params
 from compress.transforms.base import Metadata, Stage, TransformConfig, register_transform
 from compress.transforms.prune import _dit
 from compress.transforms.prune._block_plan import (
+    layout_of,
     new_config,
     old_key,
     plan,
@@ -31,9 +32,14 @@ from compress.transforms.quantize._calibration import Calibration
 
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline, UNet2DConditionModel
+    from torch import nn
 
 _NAME = re.compile(r"^(mid_block|(down|up)_blocks\.\d+(\.\d+)?|transformer_blocks\.\d+)$")
 _BLOCK = re.compile(r"^((down|up)_blocks\.\d+|mid_block)$")
+# Set on a block-pruned denoiser: each removal's layout, oldest first (UNet: `plan`'s kept pairs;
+# transformer: {"kept": block indices}), to name its modules as the unpruned model did (a LoRA
+# trained on that model: compress/lora.py; a ControlNet's residuals: compress/controlnet.py).
+REMOVALS = "_compress_block_removals"
 
 
 class PruneBlocksConfig(TransformConfig):
@@ -153,6 +159,7 @@ def _prune(pipe: DiffusionPipeline, names: list[str], depth: dict[str, int]) -> 
     new.train(unet.training)
     pipe.register_modules(unet=new)
     setattr(new, FEATURE_PAIRS, stage_pairs(new, layout))
+    setattr(new, REMOVALS, [*getattr(unet, REMOVALS, []), layout])
     return {
         "removed": sorted(names),
         "transformer_depth": dict(sorted(depth.items())),
@@ -183,6 +190,7 @@ def _restore(pipe: DiffusionPipeline, cfg: PruneBlocksConfig, metadata: Metadata
                 f"prune_blocks was recorded on a transformer with {before}; this one has {have}"
             )
         _dit.prune(pipe, [int(n.split(".")[1]) for n in metadata["removed"]])
+        _note_dit(pipe, unet, metadata)
         return
     got = as_list(unet.config.layers_per_block, len(unet.config.down_block_types))
     if before.get("layers_per_block") != got or before.get("params") != count_params(unet):
@@ -194,14 +202,53 @@ def _restore(pipe: DiffusionPipeline, cfg: PruneBlocksConfig, metadata: Metadata
     _prune(pipe, list(metadata["removed"]), dict(metadata["transformer_depth"]))
 
 
-@register_transform(PruneBlocksConfig, stage=Stage.structure, native=True, restore=_restore)
+def _note_dit(pipe: DiffusionPipeline, before: nn.Module, metadata: Metadata) -> None:
+    """Note on the pipeline's pruned transformer which blocks of `before` (the transformer the
+    removal ran on, or the pruned one itself when loaded) it kept."""
+    from compress.models.denoiser import denoiser
+
+    gone = set(metadata["removed"])
+    kept = [i for i in range(metadata["before"]["num_layers"]) if f"{_dit.BLOCKS}.{i}" not in gone]
+    setattr(denoiser(pipe), REMOVALS, [*getattr(before, REMOVALS, []), {"kept": kept}])
+
+
+def original_name(net: nn.Module, name: str) -> str:
+    """The name module `name` of a block-pruned denoiser had before pruning (`name` if none)."""
+    for layout in reversed(getattr(net, REMOVALS, [])):
+        key = f"{name}."  # old_key maps weight names; the dot makes a module name one
+        key = _dit.old_key(key, layout["kept"]) if "kept" in layout else old_key(key, layout)
+        name = key[:-1]
+    return name
+
+
+def _on_load(pipe: DiffusionPipeline, cfg: PruneBlocksConfig, metadata: Metadata) -> None:
+    """The folder holds the pruned UNet; note the layout it was pruned to (for LoRAs and
+    ControlNets of the unpruned model)."""
+    from compress.models.denoiser import denoiser
+
+    unet = denoiser(pipe)
+    if cfg.for_transformers():
+        _note_dit(pipe, unet, metadata)
+        return
+    layout = layout_of(list(metadata["removed"]), list(metadata["before"]["layers_per_block"]))
+    setattr(unet, REMOVALS, [*getattr(unet, REMOVALS, []), layout])
+
+
+@register_transform(
+    PruneBlocksConfig, stage=Stage.structure, native=True, restore=_restore, on_load=_on_load
+)
 def apply_prune_blocks(
     pipe: DiffusionPipeline, cfg: PruneBlocksConfig, ctx: RunContext
 ) -> Metadata:
     """Remove the configured blocks and rebuild the denoiser from a standard config."""
     if cfg.for_transformers():
+        from compress.models.denoiser import denoiser
+
+        net = denoiser(pipe)
         removed, extra = _dit.removal(pipe, cfg, ctx)
-        return {**_dit.prune(pipe, removed), **extra}
+        metadata = {**_dit.prune(pipe, removed), **extra}
+        _note_dit(pipe, net, metadata)
+        return metadata
     from compress.models.denoiser import require_unet
 
     unet = require_unet(

@@ -13,6 +13,11 @@ down resnet (with its attention) and per downsampler. Up layer j consumes skip K
 runs the down layers up to skip b and the last b+1 up layers; the cached feature is the hidden
 state entering the up layer that consumes skip b. A pruned UNet (fewer resnets per block, no mid
 block) has fewer skips and so fewer branches.
+
+ControlNet residuals (one per skip, one for the mid block's output) stay on: a cached step adds
+the current step's residuals to the skips the shallow branch makes, and the deep ones are in the
+feature the last full step (with its residuals) left. T2I-Adapter residuals, which enter inside
+the down blocks, make a call run the whole UNet.
 """
 
 from __future__ import annotations
@@ -32,12 +37,6 @@ DOWN_BLOCKS = ("DownBlock2D", "CrossAttnDownBlock2D")
 UP_BLOCKS = ("UpBlock2D", "CrossAttnUpBlock2D")
 # DeepCache's non-uniform (N:U) variant: full steps denser around this fraction of the run.
 CENTER, POWER = 0.3, 1.4
-# Conditioning that adds residuals to the deep layers: such calls run the whole UNet.
-_RESIDUALS = (
-    "down_block_additional_residuals",
-    "mid_block_additional_residual",
-    "down_intrablock_additional_residuals",
-)
 
 
 def skip_count(unet: nn.Module) -> int:
@@ -112,9 +111,12 @@ def _call_args(unet: nn.Module, args: tuple, kwargs: dict[str, Any]) -> dict[str
 
 
 def needs_full(unet: nn.Module, args: tuple, kwargs: dict[str, Any]) -> bool:
-    """True for calls the shallow branch cannot serve (ControlNet or adapter residuals)."""
+    """True for calls the shallow branch cannot serve: T2I-Adapter residuals (intrablock, or
+    down residuals without a mid one, which diffusers takes for an adapter's)."""
     a = _call_args(unet, args, kwargs)
-    return any(a.get(k) is not None for k in _RESIDUALS)
+    controlnet = a.get("mid_block_additional_residual") is not None
+    down = a.get("down_block_additional_residuals") is not None
+    return a.get("down_intrablock_additional_residuals") is not None or (down and not controlnet)
 
 
 def shallow_forward(
@@ -142,8 +144,9 @@ def _shallow(
     cross_attention_kwargs: dict[str, Any] | None = None,
     added_cond_kwargs: dict[str, Any] | None = None,
     encoder_attention_mask: torch.Tensor | None = None,
+    down_block_additional_residuals: tuple[torch.Tensor, ...] | None = None,
     return_dict: bool = True,
-    **_: Any,  # residual inputs: calls carrying them run the full UNet (needs_full)
+    **_: Any,  # the mid residual is in the cached feature; adapters run the full UNet
 ) -> Any:
     import torch
     from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
@@ -200,6 +203,8 @@ def _shallow(
         if attn is not None:
             h = attn(h, **attn_kw)[0]
         skips.append(h)
+    if down_block_additional_residuals is not None:  # a ControlNet's, added as the UNet does
+        skips = [s + r for s, r in zip(skips, down_block_additional_residuals, strict=False)]
 
     # -- shallow up path: the last branch+1 up layers, from the cached feature --
     h, j = feature, 0

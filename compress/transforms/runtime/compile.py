@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Literal
 
 from compress.context import RunContext
-from compress.models.runtime import RuntimeOptions, prepare
+from compress.models.runtime import RuntimeOptions, prepare_kept
 from compress.transforms.base import (
     Metadata,
     Stage,
@@ -50,7 +50,7 @@ class CompileConfig(TransformConfig):
 
 
 def _restore(pipe: DiffusionPipeline, cfg: CompileConfig, metadata: Metadata) -> None:
-    got = prepare(pipe, cfg.options()).metadata
+    got = prepare_kept(pipe, cfg.options())
     check_replay("compile", metadata, got)
 
 
@@ -68,4 +68,4 @@ def _restore(pipe: DiffusionPipeline, cfg: CompileConfig, metadata: Metadata) ->
 )
 def apply_compile(pipe: DiffusionPipeline, cfg: CompileConfig, ctx: RunContext) -> Metadata:
     """Prepare the pipeline in place; record what was fused, laid out and compiled."""
-    return prepare(pipe, cfg.options()).metadata
+    return prepare_kept(pipe, cfg.options())

@@ -25,6 +25,9 @@ def through_diffusers(model: ModelMixin, quantization_config: Any) -> ModelMixin
         if device.type != "cpu":
             kwargs["device_map"] = {"": str(device)}
         out = type(model).from_pretrained(tmp, quantization_config=quantization_config, **kwargs)
+    for name, value in vars(model).items():  # what earlier transforms noted on it (e.g. pruning)
+        if name.startswith("_compress_"):
+            setattr(out, name, value)
     return out.to(device) if device.type == "cpu" else out
 
 
