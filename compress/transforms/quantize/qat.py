@@ -66,6 +66,10 @@ def _data(pipe: DiffusionPipeline, cfg: QATConfig, ctx: RunContext) -> tuple[Any
         prompts=ctx.prompts,
         teacher=pipe,
         teacher_steps=cfg.teacher_steps,
+        # shared with every trial that draws from this same teacher; the teacher is whatever the
+        # transforms before qat made of the model, so its own weights key the data, not the
+        # model files' digest (ctx.teacher_digest)
+        store=ctx.data_cache,
     )
 
 
