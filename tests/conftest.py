@@ -66,3 +66,22 @@ def tiny_sdxl_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("tiny_sdxl") / "pipe"
     build_tiny_sdxl_pipeline().save_pretrained(path, safe_serialization=True)
     return path
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """The teacher's draws, counted (samples per call), with the store's shards a batch long."""
+    calls: list[int] = []
+    from compress.train import teacher_data
+
+    real = teacher_data.teacher_latents
+
+    def teacher_latents(teacher, prompts, seed, steps):
+        calls.append(len(prompts))
+        return real(teacher, prompts, seed, steps)
+
+    monkeypatch.setattr(teacher_data, "teacher_latents", teacher_latents)
+    # several shards from a few samples; a multiple of the teacher's batch of 16, as SHARD is, so
+    # that every image is drawn in the same batch as without the store (identical floats)
+    monkeypatch.setattr(teacher_data, "SHARD", 16)
+    return calls

@@ -14,22 +14,6 @@ from compress.train.data import build_dataset
 PROMPTS = ["a red digit", "a blue digit", "a green digit"]
 
 
-@pytest.fixture
-def counted(monkeypatch):
-    calls: list[int] = []
-    real = teacher_data.teacher_latents
-
-    def teacher_latents(teacher, prompts, seed, steps):
-        calls.append(len(prompts))
-        return real(teacher, prompts, seed, steps)
-
-    monkeypatch.setattr(teacher_data, "teacher_latents", teacher_latents)
-    # several shards from a few samples; a multiple of the teacher's batch of 16, as SHARD is, so
-    # that every image is drawn in the same batch as without the store (identical floats)
-    monkeypatch.setattr(teacher_data, "SHARD", 16)
-    return calls
-
-
 def _items(dataset) -> list[dict[str, torch.Tensor]]:
     return [dataset[i] for i in range(len(dataset))]
 

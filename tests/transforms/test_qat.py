@@ -59,26 +59,15 @@ def test_bad_requests_fail_before_training(fmt: str, ctx: RunContext, message: s
     assert type(unet.get_submodule(LAYER)) is torch.nn.Linear
 
 
-def test_teacher_data_is_drawn_once_into_the_shared_store(tmp_path, monkeypatch) -> None:
+def test_teacher_data_is_drawn_once_into_the_shared_store(tmp_path, counted) -> None:
     """In a search (RunContext.data_cache set) qat's teacher latents come from the shared store:
     a second trial from the same teacher draws nothing and trains to the same weights as one
     that drew in memory."""
-    from compress.train import teacher_data
-
-    calls: list[int] = []
-    real = teacher_data.teacher_latents
-
-    def counted(teacher, prompts, seed, steps):
-        calls.append(len(prompts))
-        return real(teacher, prompts, seed, steps)
-
-    monkeypatch.setattr(teacher_data, "teacher_latents", counted)
-    monkeypatch.setattr(teacher_data, "SHARD", 16)  # the teacher's batch: identical floats
     ctx = RunContext(prompts=PROMPTS, data_cache=tmp_path)
     first, second, memory = build_tiny_pipeline(), build_tiny_pipeline(), build_tiny_pipeline()
     apply_qat(first, qat("int8_dynamic"), ctx)
     apply_qat(second, qat("int8_dynamic"), ctx)
-    assert calls == [4]  # drawn once, by the first
+    assert counted == [4]  # drawn once, by the first
     assert sum(1 for p in tmp_path.iterdir() if (p / "entry.json").is_file()) == 1
     apply_qat(memory, qat("int8_dynamic"), RunContext(prompts=PROMPTS))
     torch.testing.assert_close(unet_out(second.unet), unet_out(memory.unet), rtol=0, atol=0)
